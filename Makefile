@@ -1,0 +1,31 @@
+# Postilion: `make run` starts a server from the checkout, `make test` runs every test.
+CARGO ?= cargo
+
+.PHONY: all build run test deps lint bench clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+# Loopback, port 2525, spool ./spool, mailboxes ./mail: no root, no config file.
+run:
+	$(CARGO) run --release -- serve
+
+# What the tests need beyond the Rust toolchain: Python 3 for the smtplib client.
+deps:
+	@command -v python3 >/dev/null 2>&1 || { apt-get update && apt-get install -y python3; }
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test: deps lint
+	$(CARGO) test --all-targets
+
+# Load figures (messages/s, latency, RSS), against Postfix too where it is installed.
+bench:
+	$(CARGO) bench --bench load
+
+clean:
+	$(CARGO) clean

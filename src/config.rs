@@ -1,0 +1,473 @@
+//! Configuration: one table of keys, read from defaults, then a `key = value` file, then
+//! flags (`local_domains` is `--local-domains`), and checked into a typed `Config`.
+//!
+//! Every error names the key and where its value came from (file:line or flag), in one line.
+//! Nothing here opens sockets or the spool.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::smtp::address;
+use crate::smtp::data::BareNewline;
+use crate::smtp::policy::Network;
+
+pub struct Key {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// Every setting. `hostname`'s empty default means "the system's host name".
+pub const KEYS: &[Key] = &[
+    Key {
+        name: "listen",
+        default: "127.0.0.1:2525",
+        help: "addresses to listen on (IP:PORT, [IPv6]:PORT), comma-separated",
+    },
+    Key {
+        name: "spool",
+        default: "./spool",
+        help: "spool directory (tmp/, queue/, corrupt/)",
+    },
+    Key {
+        name: "hostname",
+        default: "",
+        help: "our host name in the greeting and Received: headers (default: the system's)",
+    },
+    Key {
+        name: "local_domains",
+        default: "localhost",
+        help: "domains delivered locally, comma-separated (the host name is always one)",
+    },
+    Key {
+        name: "relay_networks",
+        default: "127.0.0.0/8, ::1/128",
+        help: "client networks that may send to any domain",
+    },
+    Key {
+        name: "mailbox_root",
+        default: "./mail",
+        help: "local users are the directories here (each USER/ a Maildir)",
+    },
+    Key {
+        name: "aliases",
+        default: "",
+        help: "aliases file in /etc/aliases form (empty: none)",
+    },
+    Key {
+        name: "message_size_limit",
+        default: "25M",
+        help: "largest message in bytes (K, M, G suffixes)",
+    },
+    Key {
+        name: "max_recipients",
+        default: "100",
+        help: "recipients per message",
+    },
+    Key {
+        name: "max_connections",
+        default: "100",
+        help: "simultaneous SMTP connections",
+    },
+    Key {
+        name: "max_connections_per_ip",
+        default: "20",
+        help: "simultaneous SMTP connections from one client address",
+    },
+    Key {
+        name: "command_timeout",
+        default: "5m",
+        help: "idle time allowed waiting for a command (RFC 5321 4.5.3.2.7)",
+    },
+    Key {
+        name: "data_timeout",
+        default: "3m",
+        help: "idle time allowed inside DATA (RFC 5321 4.5.3.2.5/6)",
+    },
+    Key {
+        name: "bare_newline",
+        default: "normalize",
+        help: "bare CR or LF in message content: normalize (to CRLF) or reject",
+    },
+];
+
+#[derive(Debug)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub spool: PathBuf,
+    pub hostname: String,
+    /// Lower-case; always includes `hostname`.
+    pub local_domains: Vec<String>,
+    pub relay_networks: Vec<Network>,
+    pub mailbox_root: PathBuf,
+    pub aliases: Option<PathBuf>,
+    pub message_size_limit: u64,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub bare_newline: BareNewline,
+}
+
+/// Where a value came from, for error messages.
+#[derive(Clone, Debug)]
+pub enum Source {
+    Default,
+    File(PathBuf, usize),
+    Flag,
+}
+
+#[derive(Debug)]
+pub struct ConfigError {
+    pub source: Source,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let flag = self.key.replace('_', "-");
+        match &self.source {
+            Source::Default => write!(f, "{}: {}", self.key, self.message),
+            Source::File(path, line) if self.key.is_empty() => {
+                write!(f, "{}:{line}: {}", path.display(), self.message)
+            }
+            Source::File(path, line) => {
+                write!(
+                    f,
+                    "{}:{line}: {}: {}",
+                    path.display(),
+                    self.key,
+                    self.message
+                )
+            }
+            Source::Flag => write!(f, "--{flag}: {}", self.message),
+        }
+    }
+}
+
+/// Raw values by key, each with its source, before checking.
+pub struct RawConfig {
+    values: BTreeMap<&'static str, (String, Source)>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        let values = KEYS
+            .iter()
+            .map(|k| (k.name, (k.default.to_string(), Source::Default)))
+            .collect();
+        RawConfig { values }
+    }
+}
+
+fn find_key(name: &str) -> Option<&'static str> {
+    KEYS.iter().find(|k| k.name == name).map(|k| k.name)
+}
+
+impl RawConfig {
+    /// Reads `key = value` lines; `#` starts a comment line.
+    pub fn read_file(&mut self, path: &std::path::Path, text: &str) -> Result<(), ConfigError> {
+        for (i, line) in text.lines().enumerate() {
+            let source = Source::File(path.into(), i + 1);
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else {
+                return Err(ConfigError {
+                    source,
+                    key: String::new(),
+                    message: format!("expected 'key = value', found '{line}'"),
+                });
+            };
+            let key = key.trim();
+            let Some(name) = find_key(key) else {
+                return Err(ConfigError {
+                    source,
+                    key: String::new(),
+                    message: format!("unknown key '{key}'"),
+                });
+            };
+            self.values.insert(name, (value.trim().to_string(), source));
+        }
+        Ok(())
+    }
+
+    /// Sets a value given as `--flag-name value`.
+    pub fn set_flag(&mut self, name: &'static str, value: String) {
+        self.values.insert(name, (value, Source::Flag));
+    }
+
+    /// Checks every value into a `Config`. `system_hostname` is used when `hostname` is empty.
+    pub fn build(&self, system_hostname: &str) -> Result<Config, ConfigError> {
+        let hostname = match self.get("hostname", |v| {
+            if v.is_empty() || address::is_domain(v) {
+                Ok(v.to_string())
+            } else {
+                Err(format!("'{v}' is not a host name"))
+            }
+        })? {
+            name if name.is_empty() => system_hostname.to_string(),
+            name => name,
+        };
+        let mut local_domains = self.get("local_domains", |v| {
+            list(v)
+                .map(|d| match address::is_domain(d) {
+                    true => Ok(d.to_lowercase()),
+                    false => Err(format!("'{d}' is not a domain")),
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        if !local_domains.contains(&hostname.to_lowercase()) {
+            local_domains.push(hostname.to_lowercase());
+        }
+        Ok(Config {
+            listen: self.get("listen", |v| {
+                let addrs = list(v)
+                    .map(|a| {
+                        a.parse().map_err(|_| {
+                            format!("'{a}' is not IP:PORT (like 127.0.0.1:2525 or [::1]:2525)")
+                        })
+                    })
+                    .collect::<Result<Vec<SocketAddr>, _>>()?;
+                if addrs.is_empty() {
+                    return Err("at least one address is needed".into());
+                }
+                Ok(addrs)
+            })?,
+            spool: self.get("spool", path)?,
+            hostname,
+            local_domains,
+            relay_networks: self.get("relay_networks", |v| list(v).map(str::parse).collect())?,
+            mailbox_root: self.get("mailbox_root", path)?,
+            aliases: self.get("aliases", |v| Ok((!v.is_empty()).then(|| PathBuf::from(v))))?,
+            message_size_limit: self.get("message_size_limit", size)?,
+            max_recipients: self.get("max_recipients", count)?,
+            max_connections: self.get("max_connections", count)?,
+            max_connections_per_ip: self.get("max_connections_per_ip", count)?,
+            command_timeout: self.get("command_timeout", duration)?,
+            data_timeout: self.get("data_timeout", duration)?,
+            bare_newline: self.get("bare_newline", |v| match v {
+                "normalize" => Ok(BareNewline::Normalize),
+                "reject" => Ok(BareNewline::Reject),
+                _ => Err(format!("'{v}' is not 'normalize' or 'reject'")),
+            })?,
+        })
+    }
+
+    fn get<T>(
+        &self,
+        key: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let Some((value, source)) = self.values.get(key) else {
+            unreachable!("every key has a default");
+        };
+        parse(value).map_err(|message| ConfigError {
+            source: source.clone(),
+            key: key.to_string(),
+            message,
+        })
+    }
+
+    /// The effective configuration, as a file that would give it.
+    pub fn effective(&self, config: &Config) -> String {
+        let mut out = String::new();
+        for key in KEYS {
+            let value = match key.name {
+                "hostname" => config.hostname.clone(),
+                "local_domains" => config.local_domains.join(", "),
+                _ => self
+                    .values
+                    .get(key.name)
+                    .map(|(v, _)| v.clone())
+                    .unwrap_or_default(),
+            };
+            out.push_str(&format!("{} = {}\n", key.name, value));
+        }
+        out
+    }
+}
+
+fn list(value: &str) -> impl Iterator<Item = &str> {
+    value
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+fn path(value: &str) -> Result<PathBuf, String> {
+    match value.is_empty() {
+        true => Err("a path is needed".into()),
+        false => Ok(PathBuf::from(value)),
+    }
+}
+
+fn count(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("'{value}' is not a positive whole number")),
+    }
+}
+
+/// Bytes, with an optional K, M or G (binary) suffix.
+fn size(value: &str) -> Result<u64, String> {
+    let (digits, unit) = match value.to_ascii_uppercase().strip_suffix(['K', 'M', 'G']) {
+        Some(d) => (
+            d.to_string(),
+            value.as_bytes()[value.len() - 1].to_ascii_uppercase(),
+        ),
+        None => (value.to_string(), b' '),
+    };
+    let factor: u64 = match unit {
+        b'K' => 1 << 10,
+        b'M' => 1 << 20,
+        b'G' => 1 << 30,
+        _ => 1,
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("'{value}' is not a size (like 26214400, 25M or 512K)"))
+}
+
+/// Seconds, with an optional s, m, h or d suffix.
+fn duration(value: &str) -> Result<Duration, String> {
+    let (digits, factor) = match value.chars().last() {
+        Some('s') => (&value[..value.len() - 1], 1),
+        Some('m') => (&value[..value.len() - 1], 60),
+        Some('h') => (&value[..value.len() - 1], 3600),
+        Some('d') => (&value[..value.len() - 1], 86_400),
+        _ => (value, 1),
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .filter(|&n| n > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("'{value}' is not a duration (like 300, 90s, 5m or 1h)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn build(file: &str) -> Result<Config, String> {
+        let mut raw = RawConfig::default();
+        raw.read_file(Path::new("test.conf"), file)
+            .map_err(|e| e.to_string())?;
+        raw.build("host.example").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = build("").unwrap();
+        assert_eq!(c.listen, ["127.0.0.1:2525".parse().unwrap()]);
+        assert_eq!(c.message_size_limit, 25 << 20);
+        assert_eq!(
+            (
+                c.max_recipients,
+                c.max_connections,
+                c.max_connections_per_ip
+            ),
+            (100, 100, 20)
+        );
+        assert_eq!(c.hostname, "host.example");
+        assert_eq!(c.local_domains, ["localhost", "host.example"]);
+        assert_eq!(c.command_timeout, Duration::from_secs(300));
+        assert_eq!(c.data_timeout, Duration::from_secs(180));
+        assert!(c
+            .relay_networks
+            .iter()
+            .any(|n| n.contains("127.0.0.1".parse().unwrap())));
+        assert!(c
+            .relay_networks
+            .iter()
+            .any(|n| n.contains("::1".parse().unwrap())));
+        assert!(!c
+            .relay_networks
+            .iter()
+            .any(|n| n.contains("192.0.2.1".parse().unwrap())));
+    }
+
+    #[test]
+    fn file_values_and_comments() {
+        let c = build("# a comment\n\nlisten = 127.0.0.1:0, [::1]:0\nmessage_size_limit = 512K\nlocal_domains = Example.ORG\n").unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.message_size_limit, 512 * 1024);
+        assert_eq!(c.local_domains, ["example.org", "host.example"]);
+    }
+
+    #[test]
+    fn flag_wins_over_file() {
+        let mut raw = RawConfig::default();
+        raw.read_file(Path::new("f"), "max_recipients = 5\n")
+            .unwrap();
+        raw.set_flag("max_recipients", "7".into());
+        assert_eq!(raw.build("h").unwrap().max_recipients, 7);
+    }
+
+    #[test]
+    fn errors_name_place_and_key() {
+        assert_eq!(
+            build("\nfrobnicate = 1").unwrap_err(),
+            "test.conf:2: unknown key 'frobnicate'"
+        );
+        assert_eq!(
+            build("max_recipients = lots").unwrap_err(),
+            "test.conf:1: max_recipients: 'lots' is not a positive whole number"
+        );
+        assert!(build("listen = localhost:25")
+            .unwrap_err()
+            .starts_with("test.conf:1: listen:"));
+        assert!(build("relay_networks = 10.0.0.0/99")
+            .unwrap_err()
+            .contains("relay_networks"));
+        assert!(build("bare_newline = accept")
+            .unwrap_err()
+            .contains("bare_newline"));
+        assert!(build("just words")
+            .unwrap_err()
+            .contains("expected 'key = value'"));
+        let mut raw = RawConfig::default();
+        raw.set_flag("command_timeout", "soon".into());
+        assert_eq!(
+            raw.build("h").unwrap_err().to_string(),
+            "--command-timeout: 'soon' is not a duration (like 300, 90s, 5m or 1h)"
+        );
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(size("1000"), Ok(1000));
+        assert_eq!(size("2m"), Ok(2 << 20));
+        assert!(size("0").is_err() && size("99999999999G").is_err() && size("").is_err());
+        assert_eq!(duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(duration("-1").is_err());
+    }
+
+    #[test]
+    fn effective_config_reads_back_the_same() {
+        let mut raw = RawConfig::default();
+        raw.set_flag("max_connections", "9".into());
+        let config = raw.build("h.example").unwrap();
+        let text = raw.effective(&config);
+        assert!(text.contains("max_connections = 9\n"));
+        assert!(text.contains("hostname = h.example\n"));
+        let mut again = RawConfig::default();
+        again.read_file(Path::new("x"), &text).unwrap();
+        assert_eq!(again.build("other").unwrap().max_connections, 9);
+    }
+}

@@ -1,0 +1,133 @@
+//! Local recipients: the user directories under `mailbox_root` plus the names in `aliases`.
+//!
+//! Kept in memory and reloaded when either changes (checked by modification time at each new
+//! connection), so adding a user or an alias needs no restart.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::aliases;
+
+pub struct Directory {
+    mailbox_root: PathBuf,
+    aliases: Option<PathBuf>,
+    cache: Mutex<Cache>,
+}
+
+struct Cache {
+    stamp: Stamp,
+    names: Arc<HashSet<String>>,
+}
+
+type Stamp = (Option<SystemTime>, Option<SystemTime>);
+
+#[derive(Debug)]
+pub struct DirectoryError(String);
+
+impl fmt::Display for DirectoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn modified(path: Option<&Path>) -> Option<SystemTime> {
+    fs::metadata(path?).and_then(|m| m.modified()).ok()
+}
+
+impl Directory {
+    /// Loads the names once; an aliases file that is set but unreadable or malformed is an error.
+    pub fn load(mailbox_root: &Path, aliases: Option<&Path>) -> Result<Directory, DirectoryError> {
+        let directory = Directory {
+            mailbox_root: mailbox_root.into(),
+            aliases: aliases.map(Into::into),
+            cache: Mutex::new(Cache {
+                stamp: (None, None),
+                names: Arc::default(),
+            }),
+        };
+        let names = directory.read_names()?;
+        if let Ok(mut cache) = directory.cache.lock() {
+            *cache = Cache {
+                stamp: directory.stamp(),
+                names: Arc::new(names),
+            };
+        }
+        Ok(directory)
+    }
+
+    fn stamp(&self) -> Stamp {
+        (
+            modified(Some(&self.mailbox_root)),
+            modified(self.aliases.as_deref()),
+        )
+    }
+
+    /// Lower-case user and alias names, reloaded if the mailbox root or aliases file changed.
+    pub fn names(&self) -> Arc<HashSet<String>> {
+        let Ok(mut cache) = self.cache.lock() else {
+            return Arc::default();
+        };
+        let stamp = self.stamp();
+        if stamp != cache.stamp {
+            match self.read_names() {
+                Ok(names) => {
+                    log::info!("local recipients reloaded: {} names", names.len());
+                    cache.names = Arc::new(names);
+                }
+                // Keep serving with what we had; say why once per change.
+                Err(e) => log::error!("local recipients not reloaded: {e}"),
+            }
+            cache.stamp = stamp;
+        }
+        Arc::clone(&cache.names)
+    }
+
+    fn read_names(&self) -> Result<HashSet<String>, DirectoryError> {
+        let mut names = HashSet::new();
+        // A missing mailbox root simply means no users yet.
+        if let Ok(entries) = fs::read_dir(&self.mailbox_root) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    names.insert(entry.file_name().to_string_lossy().to_lowercase());
+                }
+            }
+        }
+        if let Some(path) = &self.aliases {
+            let text = fs::read_to_string(path).map_err(|e| {
+                DirectoryError(format!("cannot read aliases file {}: {e}", path.display()))
+            })?;
+            let table = aliases::parse(&text).map_err(|e| {
+                DirectoryError(format!("{}:{}: {}", path.display(), e.line, e.what))
+            })?;
+            names.extend(table.into_iter().map(|alias| alias.name));
+        }
+        Ok(names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_directories_and_aliases_add_names() {
+        let dir = std::env::temp_dir().join(format!("postilion-dir-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("mail/Alice")).unwrap();
+        fs::write(dir.join("mail/not-a-user"), b"").unwrap();
+        fs::write(dir.join("aliases"), "root: alice\n").unwrap();
+        let d = Directory::load(&dir.join("mail"), Some(&dir.join("aliases"))).unwrap();
+        let names = d.names();
+        assert!(names.contains("alice") && names.contains("root"));
+        assert!(!names.contains("not-a-user"));
+        fs::create_dir(dir.join("mail/bob")).unwrap();
+        // The mailbox root's mtime changed with the new directory.
+        assert!(d.names().contains("bob"));
+        assert!(Directory::load(&dir.join("mail"), Some(&dir.join("missing"))).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

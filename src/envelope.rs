@@ -1,0 +1,305 @@
+//! The envelope of a queued message and its text form, the `ID.env` file.
+//!
+//! One `Field: value` a line, `Version: 1` first; each `Rcpt:` line opens a recipient block
+//! that the following `Status:`, `Attempts:`, `Next-Attempt:` and `Last-Reply:` lines belong
+//! to. Plain enough that `cat spool/queue/ID.env` answers "where is my mail?". Owns the format
+//! only: reading and writing files is `spool.rs`.
+
+use std::fmt::{self, Write as _};
+use std::net::SocketAddr;
+
+use crate::datetime;
+use crate::smtp::address::{self, ForwardPath, ReversePath};
+
+pub const VERSION: &str = "1";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub reverse_path: ReversePath,
+    pub recipients: Vec<Recipient>,
+    pub client: SocketAddr,
+    pub helo: String,
+    /// `SMTP`, `ESMTP` or `UTF8SMTP`, as in the Received: header.
+    pub protocol: String,
+    /// The client said `BODY=8BITMIME`.
+    pub eight_bit: bool,
+    /// The client said `SMTPUTF8`.
+    pub smtputf8: bool,
+    /// Unix time of arrival, set when the message is committed.
+    pub arrival: u64,
+    /// Size of the queued message file in bytes, set when the message is committed.
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recipient {
+    pub path: ForwardPath,
+    pub status: Status,
+    pub attempts: u32,
+    /// Unix time of the next delivery attempt; 0 is "as soon as possible".
+    pub next_attempt: u64,
+    pub last_reply: Option<String>,
+}
+
+impl Recipient {
+    pub fn pending(path: ForwardPath) -> Recipient {
+        Recipient {
+            path,
+            status: Status::Pending,
+            attempts: 0,
+            next_attempt: 0,
+            last_reply: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Delivered => "delivered",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// Why an envelope file could not be read; the line number is 1-based.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FormatError {
+    pub line: usize,
+    pub what: String,
+}
+
+impl fmt::Display for FormatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.what)
+    }
+}
+
+/// Keeps a value on one line whatever a remote server put in it.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+impl Envelope {
+    pub fn to_text(&self) -> String {
+        let mut out = String::with_capacity(256);
+        // Writing into a String cannot fail.
+        let _ = writeln!(out, "Version: {VERSION}");
+        let _ = writeln!(
+            out,
+            "Arrival: {} ({})",
+            self.arrival,
+            datetime::iso8601(self.arrival)
+        );
+        let _ = writeln!(out, "Client: {}", self.client);
+        let _ = writeln!(out, "Helo: {}", one_line(&self.helo));
+        let _ = writeln!(out, "Protocol: {}", self.protocol);
+        let _ = writeln!(out, "From: {}", self.reverse_path);
+        let body = if self.eight_bit { "8BITMIME" } else { "7BIT" };
+        let _ = writeln!(out, "Body: {body}");
+        let _ = writeln!(
+            out,
+            "SMTPUTF8: {}",
+            if self.smtputf8 { "yes" } else { "no" }
+        );
+        let _ = writeln!(out, "Size: {}", self.size);
+        for rcpt in &self.recipients {
+            let _ = writeln!(out, "Rcpt: {}", rcpt.path);
+            let _ = writeln!(out, "Status: {}", rcpt.status.as_str());
+            let _ = writeln!(out, "Attempts: {}", rcpt.attempts);
+            if rcpt.next_attempt != 0 {
+                let _ = writeln!(
+                    out,
+                    "Next-Attempt: {} ({})",
+                    rcpt.next_attempt,
+                    datetime::iso8601(rcpt.next_attempt)
+                );
+            }
+            if let Some(reply) = &rcpt.last_reply {
+                let _ = writeln!(out, "Last-Reply: {}", one_line(reply));
+            }
+        }
+        out
+    }
+
+    pub fn parse(text: &str) -> Result<Envelope, FormatError> {
+        let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
+        let err = |line: usize, what: String| FormatError { line, what };
+        match lines.next() {
+            Some((_, line)) if line == format!("Version: {VERSION}") => {}
+            Some((n, line)) => return Err(err(n, format!("unknown version line '{line}'"))),
+            None => return Err(err(1, "empty file".into())),
+        }
+        let mut fields = Fields::default();
+        let mut recipients: Vec<Recipient> = Vec::new();
+        for (n, line) in lines {
+            let (key, value) = line
+                .split_once(": ")
+                .or_else(|| line.strip_suffix(':').map(|k| (k, "")))
+                .ok_or_else(|| err(n, format!("not a 'Field: value' line: '{line}'")))?;
+            let bad = |what: &str| err(n, format!("bad {key}: {what} '{value}'"));
+            let number = || leading_number(value).ok_or_else(|| bad("not a number"));
+            let current = recipients.last_mut();
+            match (key, current) {
+                ("Arrival", _) => fields.arrival = Some(number()?),
+                ("Client", _) => fields.client = Some(value.parse().map_err(|_| bad("address"))?),
+                ("Helo", _) => fields.helo = Some(value.to_string()),
+                ("Protocol", _) => fields.protocol = Some(value.to_string()),
+                ("From", _) => {
+                    fields.from = Some(
+                        whole_path(address::parse_reverse_path(value))
+                            .ok_or_else(|| bad("path"))?,
+                    )
+                }
+                ("Body", _) => {
+                    fields.eight_bit = Some(match value {
+                        "8BITMIME" => true,
+                        "7BIT" => false,
+                        _ => return Err(bad("body type")),
+                    })
+                }
+                ("SMTPUTF8", _) => {
+                    fields.smtputf8 = Some(match value {
+                        "yes" => true,
+                        "no" => false,
+                        _ => return Err(bad("flag")),
+                    })
+                }
+                ("Size", _) => fields.size = Some(number()?),
+                ("Rcpt", _) => {
+                    let path = whole_path(address::parse_forward_path(value))
+                        .ok_or_else(|| bad("path"))?;
+                    recipients.push(Recipient::pending(path));
+                }
+                ("Status", Some(rcpt)) => {
+                    rcpt.status = match value {
+                        "pending" => Status::Pending,
+                        "delivered" => Status::Delivered,
+                        "failed" => Status::Failed,
+                        _ => return Err(bad("status")),
+                    }
+                }
+                ("Attempts", Some(rcpt)) => {
+                    rcpt.attempts = u32::try_from(number()?).map_err(|_| bad("count"))?
+                }
+                ("Next-Attempt", Some(rcpt)) => rcpt.next_attempt = number()?,
+                ("Last-Reply", Some(rcpt)) => rcpt.last_reply = Some(value.to_string()),
+                _ => return Err(err(n, format!("unexpected field '{key}'"))),
+            }
+        }
+        let missing = |name: &str| err(0, format!("missing field {name}"));
+        if recipients.is_empty() {
+            return Err(missing("Rcpt"));
+        }
+        Ok(Envelope {
+            reverse_path: fields.from.ok_or_else(|| missing("From"))?,
+            recipients,
+            client: fields.client.ok_or_else(|| missing("Client"))?,
+            helo: fields.helo.ok_or_else(|| missing("Helo"))?,
+            protocol: fields.protocol.ok_or_else(|| missing("Protocol"))?,
+            eight_bit: fields.eight_bit.unwrap_or(false),
+            smtputf8: fields.smtputf8.unwrap_or(false),
+            arrival: fields.arrival.ok_or_else(|| missing("Arrival"))?,
+            size: fields.size.ok_or_else(|| missing("Size"))?,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    arrival: Option<u64>,
+    client: Option<SocketAddr>,
+    helo: Option<String>,
+    protocol: Option<String>,
+    from: Option<ReversePath>,
+    eight_bit: Option<bool>,
+    smtputf8: Option<bool>,
+    size: Option<u64>,
+}
+
+/// A path that fills the whole value (no parameters after it).
+fn whole_path<P>(parsed: Result<(P, &str), address::AddressError>) -> Option<P> {
+    match parsed {
+        Ok((path, "")) => Some(path),
+        _ => None,
+    }
+}
+
+/// `1764021507 (2026-...)` → 1764021507: the number, then optional text for humans.
+fn leading_number(value: &str) -> Option<u64> {
+    value.split(' ').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::address::Mailbox;
+
+    fn sample() -> Envelope {
+        Envelope {
+            reverse_path: ReversePath::Mailbox(Mailbox {
+                local: "\"odd one\"".into(),
+                domain: "example.org".into(),
+            }),
+            recipients: vec![
+                Recipient::pending(ForwardPath::Postmaster),
+                Recipient {
+                    path: ForwardPath::Mailbox(Mailbox {
+                        local: "bob".into(),
+                        domain: "[192.0.2.1]".into(),
+                    }),
+                    status: Status::Failed,
+                    attempts: 3,
+                    next_attempt: 1_800_000_000,
+                    last_reply: Some("550 5.1.1 no such user".into()),
+                },
+            ],
+            client: "[::1]:2525".parse().unwrap(),
+            helo: "client.example".into(),
+            protocol: "ESMTP".into(),
+            eight_bit: true,
+            smtputf8: false,
+            arrival: 1_764_021_507,
+            size: 1234,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let env = sample();
+        let text = env.to_text();
+        assert!(text.starts_with("Version: 1\nArrival: 1764021507 (2025-11-24T21:58:27Z)\n"));
+        assert_eq!(Envelope::parse(&text), Ok(env));
+    }
+
+    #[test]
+    fn control_characters_cannot_forge_lines() {
+        let mut env = sample();
+        env.recipients[1].last_reply = Some("450 try later\nStatus: delivered".into());
+        let parsed = Envelope::parse(&env.to_text()).unwrap();
+        assert_eq!(parsed.recipients[1].status, Status::Failed);
+    }
+
+    #[test]
+    fn unknown_version_and_garbage_are_errors() {
+        assert!(Envelope::parse("Version: 2\n").is_err());
+        assert!(Envelope::parse("").is_err());
+        assert!(Envelope::parse("\u{0}\u{1}binary").is_err());
+        let text = sample().to_text().replace("Size: 1234", "Size: lots");
+        assert_eq!(Envelope::parse(&text).unwrap_err().line, 9);
+        let text = sample()
+            .to_text()
+            .replace("Status: pending", "Colour: blue");
+        assert!(Envelope::parse(&text).is_err());
+    }
+}

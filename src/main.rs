@@ -1,0 +1,170 @@
+//! Postilion, a minimal durable MTA: command line, configuration and wiring. No logic here.
+
+#![forbid(unsafe_code)]
+#![deny(unused_must_use)]
+
+mod aliases;
+mod config;
+mod datetime;
+mod directory;
+mod envelope;
+mod log;
+mod server;
+mod smtp;
+mod spool;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use config::{Config, RawConfig, KEYS};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn usage() -> String {
+    let mut text = format!(
+        "postilion {VERSION}: a minimal, durable mail transfer agent\n\n\
+         Usage:\n  postilion serve [--config FILE] [--KEY VALUE ...]\n  \
+         postilion check-config [--config FILE] [--KEY VALUE ...]\n  \
+         postilion --help | --version\n\n\
+         Every configuration key is also a flag (local_domains is --local-domains);\n\
+         a flag wins over the file. Keys and defaults:\n"
+    );
+    for key in KEYS {
+        let default = if key.default.is_empty() {
+            "(none)"
+        } else {
+            key.default
+        };
+        text.push_str(&format!(
+            "  --{:<24} {} [{}]\n",
+            key.name.replace('_', "-"),
+            key.help,
+            default
+        ));
+    }
+    text
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve") => serve(&args[1..]),
+        Some("check-config") => check_config(&args[1..]),
+        Some("--help" | "-h" | "help") => {
+            print!("{}", usage());
+            ExitCode::SUCCESS
+        }
+        Some("--version" | "-V") => {
+            println!("postilion {VERSION}");
+            ExitCode::SUCCESS
+        }
+        Some(other) => {
+            eprintln!("postilion: unknown command '{other}' (try 'postilion --help')");
+            ExitCode::from(2)
+        }
+        None => {
+            eprint!("{}", usage());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Reads `--config FILE` and the flags into a checked `Config`; errors are one line.
+fn load_config(args: &[String]) -> Result<(RawConfig, Config), String> {
+    let mut options = getopts::Options::new();
+    options.optopt("", "config", "configuration file", "FILE");
+    let flags: Vec<String> = KEYS.iter().map(|k| k.name.replace('_', "-")).collect();
+    for (key, flag) in KEYS.iter().zip(&flags) {
+        options.optopt("", flag, key.help, "VALUE");
+    }
+    let matches = options.parse(args).map_err(|e| e.to_string())?;
+    if let Some(extra) = matches.free.first() {
+        return Err(format!("unexpected argument '{extra}'"));
+    }
+    let mut raw = RawConfig::default();
+    if let Some(path) = matches.opt_str("config") {
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+        raw.read_file(Path::new(&path), &text)
+            .map_err(|e| e.to_string())?;
+    }
+    for (key, flag) in KEYS.iter().zip(&flags) {
+        if let Some(value) = matches.opt_str(flag) {
+            raw.set_flag(key.name, value);
+        }
+    }
+    let config = raw.build(&system_hostname()).map_err(|e| e.to_string())?;
+    Ok((raw, config))
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| smtp::address::is_domain(name))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn check_config(args: &[String]) -> ExitCode {
+    match load_config(args) {
+        Ok((raw, config)) => {
+            print!("{}", raw.effective(&config));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("postilion: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(args: &[String]) -> ExitCode {
+    let config = match load_config(args) {
+        Ok((_, config)) => Arc::new(config),
+        Err(e) => {
+            eprintln!("postilion: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    log::init();
+    match start(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            ::log::error!("cannot start: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(config: Arc<Config>) -> Result<(), String> {
+    let spool = Arc::new(spool::Spool::open(&config.spool).map_err(|e| e.to_string())?);
+    let recovery = spool.recover().map_err(|e| e.to_string())?;
+    let directory = directory::Directory::load(&config.mailbox_root, config.aliases.as_deref())
+        .map_err(|e| e.to_string())?;
+    let mut listeners = Vec::new();
+    for addr in &config.listen {
+        let listener =
+            TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        ::log::info!("listening on {bound}");
+        listeners.push(listener);
+    }
+    // Delivery (the next stage) takes ids from this channel; until it exists, mail waits in
+    // queue/ and the receiver is simply held.
+    let (queued, _waiting_for_delivery) = crossbeam_channel::unbounded();
+    for id in &recovery.queued {
+        let _ = queued.send(id.clone());
+    }
+    ::log::info!(
+        "postilion {VERSION} started as {}: spool {}, {} queued, {} debris removed, {} quarantined",
+        config.hostname,
+        config.spool.display(),
+        recovery.queued.len(),
+        recovery.debris_removed,
+        recovery.quarantined
+    );
+    let server = server::Server::new(Arc::clone(&config), spool, Arc::new(directory), queued);
+    Arc::new(server).run(listeners);
+    Ok(())
+}

@@ -1,0 +1,394 @@
+//! Listeners and connections: blocking `std::net`, one small-stack thread per client, capped
+//! in total and per client address, with the RFC 5321 server timeouts.
+//!
+//! A thin loop around `smtp::session`: read (bounded), hand bytes over, carry out its outputs
+//! (write replies, stream the message into the spool, commit), repeat. Protocol decisions
+//! live in the session, durability in the spool; this file only moves bytes and logs.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::Sender;
+
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::envelope::Envelope;
+use crate::smtp::received;
+use crate::smtp::reply::Reply;
+use crate::smtp::session::{Output, Session, SessionConfig, Timeout};
+use crate::spool::{Incoming, Spool, SpoolError};
+
+/// Stack of a connection thread: the session lives on the heap, so little is needed.
+const STACK_SIZE: usize = 256 * 1024;
+/// The most read from a client at once; bounds what one read can make the session queue.
+const READ_BUFFER: usize = 32 * 1024;
+
+/// Everything connection threads share.
+pub struct Server {
+    pub config: Arc<Config>,
+    pub session_config: Arc<SessionConfig>,
+    pub spool: Arc<Spool>,
+    pub directory: Arc<Directory>,
+    /// Queue ids of committed messages, for the delivery side.
+    pub queued: Sender<String>,
+    limits: Limits,
+    next_id: AtomicU64,
+}
+
+impl Server {
+    pub fn new(
+        config: Arc<Config>,
+        spool: Arc<Spool>,
+        directory: Arc<Directory>,
+        queued: Sender<String>,
+    ) -> Server {
+        let session_config = Arc::new(SessionConfig {
+            hostname: config.hostname.clone(),
+            message_size_limit: config.message_size_limit,
+            max_recipients: config.max_recipients,
+            bare_newline: config.bare_newline,
+            local_domains: config.local_domains.clone(),
+        });
+        let limits = Limits {
+            max_total: config.max_connections,
+            max_per_ip: config.max_connections_per_ip,
+            counts: Mutex::new((0, HashMap::new())),
+        };
+        Server {
+            config,
+            session_config,
+            spool,
+            directory,
+            queued,
+            limits,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Accepts on every listener until the process ends.
+    pub fn run(self: Arc<Self>, listeners: Vec<TcpListener>) {
+        let mut acceptors = Vec::new();
+        for listener in listeners {
+            let server = Arc::clone(&self);
+            let spawned = thread::Builder::new()
+                .name("accept".into())
+                .spawn(move || server.accept_loop(listener));
+            match spawned {
+                Ok(handle) => acceptors.push(handle),
+                Err(e) => log::error!("cannot start a listener thread: {e}"),
+            }
+        }
+        for handle in acceptors {
+            let _ = handle.join();
+        }
+    }
+
+    fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer),
+                Err(e) => {
+                    // EMFILE and friends pass; exiting would drop every other client.
+                    log::warn!("accept failed: {e}; pausing briefly");
+                    thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    fn admit(self: &Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let ip = peer.ip().to_canonical();
+        if !self.limits.take(ip) {
+            log::warn!("c{id} reject: connection from {peer}: too many connections");
+            refuse(&mut stream);
+            return;
+        }
+        let server = Arc::clone(self);
+        let spawned = thread::Builder::new()
+            .name(format!("smtp-c{id}"))
+            .stack_size(STACK_SIZE)
+            .spawn(move || {
+                let _slot = Slot {
+                    limits: &server.limits,
+                    ip,
+                };
+                server.serve(stream, peer, id);
+            });
+        if let Err(e) = spawned {
+            log::error!("c{id} cannot start a thread for {peer}: {e}");
+            self.limits.release(ip);
+        }
+    }
+
+    fn serve(&self, stream: TcpStream, peer: SocketAddr, id: u64) {
+        log::info!("c{id} connect from {peer}");
+        let may_relay = self
+            .config
+            .relay_networks
+            .iter()
+            .any(|n| n.contains(peer.ip()));
+        let session = Session::new(
+            Arc::clone(&self.session_config),
+            peer,
+            may_relay,
+            self.directory.names(),
+        );
+        let mut conn = Connection {
+            server: self,
+            id,
+            stream,
+            session,
+            message: Message::None,
+            out: Vec::with_capacity(512),
+            messages: 0,
+        };
+        let end = conn.run();
+        log::info!(
+            "c{id} disconnect from {peer}: {end}, {} queued",
+            conn.messages
+        );
+    }
+}
+
+/// Writes the overload reply without blocking the accept loop for long.
+fn refuse(stream: &mut TcpStream) {
+    let mut out = Vec::new();
+    Reply::too_many_connections().write_to(&mut out);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = stream.write_all(&out);
+}
+
+/// Connection counts, total and per client address.
+struct Limits {
+    max_total: usize,
+    max_per_ip: usize,
+    counts: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+impl Limits {
+    /// Counts a new connection from `ip`, unless that would pass a limit.
+    fn take(&self, ip: IpAddr) -> bool {
+        let Ok(mut counts) = self.counts.lock() else {
+            return false;
+        };
+        let (total, per_ip) = &mut *counts;
+        let mine = per_ip.get(&ip).copied().unwrap_or(0);
+        if *total >= self.max_total || mine >= self.max_per_ip {
+            return false;
+        }
+        per_ip.insert(ip, mine + 1);
+        *total += 1;
+        true
+    }
+
+    fn release(&self, ip: IpAddr) {
+        if let Ok(mut counts) = self.counts.lock() {
+            let (total, per_ip) = &mut *counts;
+            *total = total.saturating_sub(1);
+            if let Some(mine) = per_ip.get_mut(&ip) {
+                *mine -= 1;
+                if *mine == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// One admitted connection; gives its place back when the thread ends, however it ends.
+struct Slot<'a> {
+    limits: &'a Limits,
+    ip: IpAddr,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.limits.release(self.ip);
+    }
+}
+
+/// The message being received, if any.
+// One per connection, never copied around: boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum Message<'a> {
+    None,
+    Open(Incoming<'a>, Envelope),
+    /// The spool could not even start it; DATA is read and answered 451.
+    Failed(SpoolError),
+}
+
+struct Connection<'a> {
+    server: &'a Server,
+    id: u64,
+    stream: TcpStream,
+    session: Session,
+    message: Message<'a>,
+    /// Replies waiting to be written.
+    out: Vec<u8>,
+    messages: usize,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Connection<'_> {
+    /// Serves until the session closes or the socket fails; says how it ended.
+    fn run(&mut self) -> String {
+        let mut buf = vec![0u8; READ_BUFFER];
+        loop {
+            if let Err(e) = self.carry_out() {
+                return format!("write failed: {e}");
+            }
+            if self.session.is_closed() {
+                return "closed".into();
+            }
+            let timeout = match self.session.timeout() {
+                Timeout::Command => self.server.config.command_timeout,
+                Timeout::Data => self.server.config.data_timeout,
+            };
+            let _ = self.stream.set_read_timeout(Some(timeout));
+            let _ = self.stream.set_write_timeout(Some(timeout));
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    self.note_lost("client closed the connection");
+                    self.session.handle_eof();
+                }
+                Ok(n) => {
+                    let mut used = 0;
+                    while used < n && !self.session.is_closed() {
+                        used += self.session.handle_input(&buf[used..n]);
+                        if let Err(e) = self.carry_out() {
+                            return format!("write failed: {e}");
+                        }
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    log::info!("c{} timeout after {}", self.id, self.session.last_command());
+                    self.note_lost("timeout");
+                    self.session.handle_timeout();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.note_lost(&e.to_string());
+                    self.session.handle_eof();
+                }
+            }
+        }
+    }
+
+    fn note_lost(&self, why: &str) {
+        if !matches!(self.message, Message::None) {
+            log::warn!(
+                "c{} lost connection in DATA ({why}): message discarded",
+                self.id
+            );
+        }
+    }
+
+    /// Drains the session's outputs and writes its replies.
+    fn carry_out(&mut self) -> io::Result<()> {
+        while let Some(output) = self.session.poll_output() {
+            match output {
+                Output::Reply(reply) => {
+                    if reply.is_error() {
+                        log::info!(
+                            "c{} reject: {}: {reply}",
+                            self.id,
+                            self.session.last_command()
+                        );
+                    }
+                    reply.write_to(&mut self.out);
+                }
+                Output::MessageStart(envelope) => self.start_message(envelope),
+                Output::MessageData(bytes) => {
+                    if let Message::Open(incoming, _) = &mut self.message {
+                        incoming.write(&bytes);
+                    }
+                }
+                Output::MessageEnd => self.commit(),
+                // Dropping the Incoming removes its temp file.
+                Output::MessageAbort => self.message = Message::None,
+                Output::Close => {}
+            }
+        }
+        if !self.out.is_empty() {
+            let result = self.stream.write_all(&self.out);
+            self.out.clear();
+            result?;
+        }
+        Ok(())
+    }
+
+    fn start_message(&mut self, mut envelope: Envelope) {
+        envelope.arrival = unix_now();
+        self.message = match self.server.spool.incoming() {
+            Ok(mut incoming) => {
+                let header = received::header(
+                    &envelope,
+                    &self.server.config.hostname,
+                    incoming.id(),
+                    envelope.arrival,
+                );
+                incoming.write(header.as_bytes());
+                Message::Open(incoming, envelope)
+            }
+            Err(e) => Message::Failed(e),
+        };
+    }
+
+    fn commit(&mut self) {
+        let result = match std::mem::replace(&mut self.message, Message::None) {
+            Message::Open(incoming, mut envelope) => {
+                let result = incoming.commit(&mut envelope);
+                if let Ok(queued) = &result {
+                    self.accepted(queued.id(), &envelope);
+                }
+                result
+            }
+            Message::Failed(e) => Err(e),
+            Message::None => Err(SpoolError::Io {
+                action: "commit",
+                path: self.server.spool.root().into(),
+                source: io::ErrorKind::NotFound.into(),
+            }),
+        };
+        if let Err(e) = &result {
+            log::error!("c{} queue write failed: {e}", self.id);
+        }
+        self.session.handle_committed(result);
+    }
+
+    fn accepted(&mut self, id: &str, envelope: &Envelope) {
+        self.messages += 1;
+        let to: Vec<String> = envelope
+            .recipients
+            .iter()
+            .map(|r| r.path.to_string())
+            .collect();
+        log::info!(
+            "c{} {id}: from={} to={} size={} nrcpt={}",
+            self.id,
+            envelope.reverse_path,
+            to.join(","),
+            envelope.size,
+            to.len()
+        );
+        // Unbounded: a session never blocks on delivery.
+        let _ = self.server.queued.send(id.to_string());
+    }
+}

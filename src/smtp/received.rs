@@ -1,0 +1,63 @@
+//! The `Received:` trace header (RFC 5321 4.4) that the spool puts first in every message.
+
+use crate::datetime;
+use crate::envelope::Envelope;
+
+/// `Received: from HELO ([IP]) by HOST (Postilion) with PROTO id ID [for <RCPT>]; DATE`,
+/// folded over three lines, CRLF-terminated. `now` is a Unix time.
+pub fn header(envelope: &Envelope, hostname: &str, id: &str, now: u64) -> String {
+    let helo: String = envelope
+        .helo
+        .chars()
+        .take(255)
+        .map(|c| {
+            if c.is_control() || c == '(' || c == ')' {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let ip = envelope.client.ip().to_canonical();
+    let literal = if ip.is_ipv6() {
+        format!("[IPv6:{ip}]")
+    } else {
+        format!("[{ip}]")
+    };
+    // One recipient is named, as Postfix does; several would leak each other's addresses.
+    let recipient = match envelope.recipients.as_slice() {
+        [only] => format!("\r\n\tfor {}", only.path),
+        _ => String::new(),
+    };
+    format!(
+        "Received: from {helo} ({literal})\r\n\tby {hostname} (Postilion) with {} id {id}{recipient};\r\n\t{}\r\n",
+        envelope.protocol,
+        datetime::rfc5322(now)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Recipient;
+    use crate::smtp::address::{ForwardPath, ReversePath};
+
+    #[test]
+    fn header_form() {
+        let env = Envelope {
+            reverse_path: ReversePath::Null,
+            recipients: vec![Recipient::pending(ForwardPath::Postmaster)],
+            client: "[::1]:4000".parse().unwrap(),
+            helo: "client (evil)\r\nX: y".into(),
+            protocol: "ESMTP".into(),
+            eight_bit: false,
+            smtputf8: false,
+            arrival: 0,
+            size: 0,
+        };
+        assert_eq!(
+            header(&env, "mx.example", "ID1", 0),
+            "Received: from client ?evil???X: y ([IPv6:::1])\r\n\tby mx.example (Postilion) with ESMTP id ID1\r\n\tfor <postmaster>;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
+        );
+    }
+}

@@ -1,0 +1,501 @@
+//! The server side of one SMTP connection as a state machine: bytes in, outputs out.
+//!
+//! The caller moves bytes (`handle_input`), reports what happened outside (`handle_committed`,
+//! `handle_eof`, `handle_timeout`) and drains `poll_output` after each call. No sockets, files,
+//! clocks or DNS in here, so every reply is unit-tested and the whole thing can be fuzzed.
+//! Commands pipelined in one read are answered in order: input stops being consumed at the end
+//! of a message until the caller has reported the spool's verdict on it.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::address::{ForwardPath, ReversePath};
+use super::command::{self, Command, MailParams, ParseError};
+use super::data::{BareNewline, DataReader, Verdict};
+use super::policy::{self, RecipientRules, Refusal};
+use super::reply::Reply;
+use crate::envelope::{Envelope, Recipient};
+use crate::spool::{Queued, SpoolError};
+
+/// RFC 5321 4.5.3.1.4: 512 octets including CRLF.
+pub const MAX_COMMAND_LINE: usize = 512;
+/// Errors (4xx/5xx replies) before we give up on a client, as Postfix's hard limit.
+pub const MAX_ERRORS: u32 = 20;
+
+/// The settings a session needs, shared by all sessions.
+#[derive(Debug)]
+pub struct SessionConfig {
+    pub hostname: String,
+    pub message_size_limit: u64,
+    pub max_recipients: usize,
+    pub bare_newline: BareNewline,
+    /// Lower-case.
+    pub local_domains: Vec<String>,
+}
+
+/// What the caller must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    Reply(Reply),
+    /// DATA was accepted: open a spool file for this envelope.
+    MessageStart(Envelope),
+    /// Message content: dot-unstuffed, CRLF line ends.
+    MessageData(Vec<u8>),
+    /// The message ended well: commit it and call `handle_committed`.
+    MessageEnd,
+    /// Throw the message away (too big, refused, or the client went away).
+    MessageAbort,
+    /// Close the connection after sending the replies before this.
+    Close,
+}
+
+/// Which RFC 5321 4.5.3.2 server timeout applies while waiting for input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timeout {
+    Command,
+    Data,
+}
+
+#[derive(Clone, Debug)]
+struct Helo {
+    name: String,
+    extended: bool,
+}
+
+#[derive(Debug)]
+struct Transaction {
+    from: ReversePath,
+    params: MailParams,
+    recipients: Vec<ForwardPath>,
+    refused_recipients: usize,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Greeted; no HELO/EHLO yet.
+    Fresh,
+    Ready(Helo),
+    Mail(Helo, Transaction),
+    /// Reading message content; `aborted` once `MessageAbort` was sent.
+    Data {
+        helo: Helo,
+        reader: DataReader,
+        aborted: bool,
+    },
+    /// `MessageEnd` sent; waiting for `handle_committed`.
+    Committing(Helo),
+    Closed,
+}
+
+pub struct Session {
+    config: Arc<SessionConfig>,
+    client: SocketAddr,
+    may_relay: bool,
+    local_names: Arc<HashSet<String>>,
+    state: State,
+    /// The command line read so far (bounded by `MAX_COMMAND_LINE`).
+    line: Vec<u8>,
+    /// The current line went over the limit: discard up to its LF, then answer 500.
+    line_too_long: bool,
+    errors: u32,
+    outputs: VecDeque<Output>,
+    /// The last command, escaped and shortened, for log lines.
+    last_command: String,
+}
+
+impl Session {
+    pub fn new(
+        config: Arc<SessionConfig>,
+        client: SocketAddr,
+        may_relay: bool,
+        local_names: Arc<HashSet<String>>,
+    ) -> Session {
+        let mut outputs = VecDeque::new();
+        outputs.push_back(Output::Reply(Reply::greeting(&config.hostname)));
+        Session {
+            config,
+            client,
+            may_relay,
+            local_names,
+            state: State::Fresh,
+            line: Vec::with_capacity(128),
+            line_too_long: false,
+            errors: 0,
+            outputs,
+            last_command: String::new(),
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    pub fn timeout(&self) -> Timeout {
+        match self.state {
+            State::Data { .. } => Timeout::Data,
+            _ => Timeout::Command,
+        }
+    }
+
+    /// The last command line, escaped, for logs.
+    pub fn last_command(&self) -> &str {
+        &self.last_command
+    }
+
+    /// Consumes input; returns how much. Less than all of it only while a message awaits
+    /// `handle_committed` (the rest must be offered again after that) or after closing.
+    pub fn handle_input(&mut self, input: &[u8]) -> usize {
+        let mut used = 0;
+        while used < input.len() {
+            used += match self.state {
+                State::Closed => return input.len(),
+                State::Committing(_) => return used,
+                State::Data { .. } => self.read_data(&input[used..]),
+                _ => self.read_command(&input[used..]),
+            };
+            self.enforce_error_limit();
+        }
+        used
+    }
+
+    /// The spool's verdict on the message of the last `MessageEnd`.
+    pub fn handle_committed(&mut self, result: Result<Queued, SpoolError>) {
+        let State::Committing(helo) = std::mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        self.state = State::Ready(helo);
+        match result {
+            Ok(queued) => self.reply(Reply::queued(queued.id())),
+            Err(_) => self.reply(Reply::queue_write_error()),
+        }
+    }
+
+    /// The client closed its side of the connection.
+    pub fn handle_eof(&mut self) {
+        self.abort_message();
+        self.close();
+    }
+
+    /// The client said nothing for the applicable timeout.
+    pub fn handle_timeout(&mut self) {
+        self.abort_message();
+        self.outputs.push_back(Output::Reply(Reply::timeout()));
+        self.close();
+    }
+
+    fn close(&mut self) {
+        if !self.is_closed() {
+            self.state = State::Closed;
+            self.outputs.push_back(Output::Close);
+        }
+    }
+
+    fn abort_message(&mut self) {
+        if let State::Data { aborted: false, .. } = self.state {
+            self.outputs.push_back(Output::MessageAbort);
+        }
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        if reply.is_error() {
+            self.errors += 1;
+        }
+        self.outputs.push_back(Output::Reply(reply));
+    }
+
+    /// Hangs up on a client that keeps getting error replies.
+    fn enforce_error_limit(&mut self) {
+        if self.errors >= MAX_ERRORS && !self.is_closed() {
+            self.outputs
+                .push_back(Output::Reply(Reply::too_many_errors()));
+            self.close();
+        }
+    }
+
+    /// Reads up to one command line end; returns the bytes consumed.
+    fn read_command(&mut self, input: &[u8]) -> usize {
+        let (chunk, used, complete) = match input.iter().position(|&b| b == b'\n') {
+            Some(lf) => (&input[..lf], lf + 1, true),
+            None => (input, input.len(), false),
+        };
+        if !self.line_too_long {
+            if self.line.len() + chunk.len() > MAX_COMMAND_LINE {
+                self.line_too_long = true;
+                self.line.clear();
+            } else {
+                self.line.extend_from_slice(chunk);
+            }
+        }
+        if complete {
+            let mut line = std::mem::take(&mut self.line);
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if std::mem::take(&mut self.line_too_long) || line.len() + 2 > MAX_COMMAND_LINE {
+                self.last_command = "(line too long)".into();
+                self.reply(Reply::line_too_long());
+            } else {
+                self.last_command = escape(&line);
+                self.handle_line(&line);
+            }
+            line.clear();
+            self.line = line;
+        }
+        used
+    }
+
+    fn handle_line(&mut self, line: &[u8]) {
+        match command::parse(line) {
+            Ok(command) => self.handle_command(command),
+            Err(ParseError::Http) => {
+                self.reply(Reply::not_smtp());
+                self.close();
+            }
+            Err(ParseError::Unknown) => self.reply(Reply::unknown_command()),
+            Err(ParseError::Syntax(usage)) => self.reply(Reply::syntax(usage)),
+            Err(ParseError::BadSender(e)) => self.reply(Reply::bad_sender_syntax(&e.to_string())),
+            Err(ParseError::BadRecipient(e)) => {
+                self.reply(Reply::bad_recipient_syntax(&e.to_string()))
+            }
+            Err(ParseError::UnknownParameter(p)) => self.reply(Reply::unknown_parameter(&p)),
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        let state = std::mem::replace(&mut self.state, State::Closed);
+        self.state = match (command, state) {
+            (Command::Ehlo(name), _) => {
+                self.reply(Reply::ehlo(
+                    &self.config.hostname,
+                    &format!("[{}]", self.client.ip()),
+                    &self.extensions(),
+                ));
+                State::Ready(Helo {
+                    name,
+                    extended: true,
+                })
+            }
+            (Command::Helo(name), _) => {
+                self.reply(Reply::helo(&self.config.hostname));
+                State::Ready(Helo {
+                    name,
+                    extended: false,
+                })
+            }
+            (Command::Mail { from, params }, State::Ready(helo)) => self.mail(helo, from, params),
+            (Command::Mail { .. }, state @ State::Mail(..)) => {
+                self.reply(Reply::nested_mail());
+                state
+            }
+            (Command::Rcpt(to), State::Mail(helo, tx)) => self.rcpt(helo, tx, to),
+            (Command::Rcpt(_) | Command::Data, state @ State::Ready(_)) => {
+                self.reply(Reply::need_mail());
+                state
+            }
+            (Command::Data, State::Mail(helo, tx)) => self.data(helo, tx),
+            (Command::Mail { .. } | Command::Rcpt(_) | Command::Data, state) => {
+                self.reply(Reply::need_helo());
+                state
+            }
+            (Command::Rset, State::Fresh) => {
+                self.reply(Reply::ok());
+                State::Fresh
+            }
+            (Command::Rset, State::Ready(helo) | State::Mail(helo, _)) => {
+                self.reply(Reply::ok());
+                State::Ready(helo)
+            }
+            (Command::Noop, state) => {
+                self.reply(Reply::ok());
+                state
+            }
+            (Command::Vrfy, state) => {
+                self.reply(Reply::cannot_vrfy());
+                state
+            }
+            (Command::Help, state) => {
+                self.reply(Reply::help());
+                state
+            }
+            (Command::NotImplemented(verb), state) => {
+                self.reply(Reply::not_implemented(verb));
+                state
+            }
+            (Command::Quit, _) => {
+                self.reply(Reply::closing());
+                self.outputs.push_back(Output::Close);
+                State::Closed
+            }
+            // Commands are only read in the states above.
+            (Command::Rset, state) => state,
+        };
+    }
+
+    fn extensions(&self) -> Vec<String> {
+        vec![
+            "PIPELINING".into(),
+            format!("SIZE {}", self.config.message_size_limit),
+            "8BITMIME".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "SMTPUTF8".into(),
+            "HELP".into(),
+        ]
+    }
+
+    fn mail(&mut self, helo: Helo, from: ReversePath, params: MailParams) -> State {
+        if !helo.extended && !params.is_empty() {
+            self.reply(Reply::unknown_parameter("ESMTP parameters need EHLO"));
+            return State::Ready(helo);
+        }
+        if params
+            .size
+            .is_some_and(|size| size > self.config.message_size_limit)
+        {
+            self.reply(Reply::message_too_big());
+            return State::Ready(helo);
+        }
+        if matches!(&from, ReversePath::Mailbox(m) if m.is_utf8()) && !params.smtputf8 {
+            self.reply(Reply::smtputf8_required());
+            return State::Ready(helo);
+        }
+        self.reply(Reply::sender_ok());
+        State::Mail(
+            helo,
+            Transaction {
+                from,
+                params,
+                recipients: Vec::new(),
+                refused_recipients: 0,
+            },
+        )
+    }
+
+    fn rcpt(&mut self, helo: Helo, mut tx: Transaction, to: ForwardPath) -> State {
+        let rules = RecipientRules {
+            local_domains: &self.config.local_domains,
+            local_names: &self.local_names,
+            may_relay: self.may_relay,
+        };
+        let refusal = if tx.recipients.len() >= self.config.max_recipients {
+            Some(Reply::too_many_recipients())
+        } else if to.is_utf8() && !tx.params.smtputf8 {
+            Some(Reply::smtputf8_required())
+        } else {
+            match policy::check_recipient(&to, &rules) {
+                Ok(()) => None,
+                Err(Refusal::UnknownUser) => Some(Reply::unknown_user(&to.to_string())),
+                Err(Refusal::RelayDenied) => Some(Reply::relay_denied(&to.to_string())),
+            }
+        };
+        match refusal {
+            Some(reply) => {
+                tx.refused_recipients += 1;
+                self.reply(reply);
+            }
+            None => {
+                if !tx.recipients.contains(&to) {
+                    tx.recipients.push(to);
+                }
+                self.reply(Reply::recipient_ok());
+            }
+        }
+        State::Mail(helo, tx)
+    }
+
+    fn data(&mut self, helo: Helo, tx: Transaction) -> State {
+        if tx.recipients.is_empty() {
+            self.reply(if tx.refused_recipients > 0 {
+                Reply::no_valid_recipients()
+            } else {
+                Reply::need_rcpt()
+            });
+            return State::Mail(helo, tx);
+        }
+        let protocol = match (helo.extended, tx.params.smtputf8) {
+            (false, _) => "SMTP",
+            (true, false) => "ESMTP",
+            (true, true) => "UTF8SMTP",
+        };
+        self.outputs.push_back(Output::MessageStart(Envelope {
+            reverse_path: tx.from,
+            recipients: tx.recipients.into_iter().map(Recipient::pending).collect(),
+            client: self.client,
+            helo: helo.name.clone(),
+            protocol: protocol.into(),
+            eight_bit: tx.params.eight_bit,
+            smtputf8: tx.params.smtputf8,
+            arrival: 0,
+            size: 0,
+        }));
+        self.reply(Reply::start_data());
+        State::Data {
+            helo,
+            reader: DataReader::new(self.config.message_size_limit, self.config.bare_newline),
+            aborted: false,
+        }
+    }
+
+    fn read_data(&mut self, input: &[u8]) -> usize {
+        let State::Data {
+            reader, aborted, ..
+        } = &mut self.state
+        else {
+            return 0;
+        };
+        let mut content = Vec::new();
+        let (used, ended) = reader.feed(input, &mut content);
+        let verdict = reader.verdict();
+        if !content.is_empty() {
+            self.outputs.push_back(Output::MessageData(content));
+        }
+        if verdict != Verdict::Acceptable && !*aborted {
+            *aborted = true;
+            self.outputs.push_back(Output::MessageAbort);
+        }
+        if ended {
+            let State::Data { helo, .. } = std::mem::replace(&mut self.state, State::Closed) else {
+                return used;
+            };
+            match verdict {
+                Verdict::Acceptable => {
+                    self.outputs.push_back(Output::MessageEnd);
+                    self.state = State::Committing(helo);
+                }
+                Verdict::TooBig => {
+                    self.state = State::Ready(helo);
+                    self.reply(Reply::message_too_big());
+                }
+                Verdict::BareNewline => {
+                    self.state = State::Ready(helo);
+                    self.reply(Reply::bare_newline());
+                }
+            }
+        }
+        used
+    }
+}
+
+/// A command line for logs: printable ASCII kept, the rest as `\xNN`, at most 100 bytes shown.
+fn escape(line: &[u8]) -> String {
+    let mut out = String::new();
+    for &b in line.iter().take(100) {
+        if (0x20..0x7f).contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    if line.len() > 100 {
+        out.push_str("...");
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

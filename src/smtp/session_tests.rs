@@ -1,0 +1,508 @@
+//! Reply-by-reply tests of the session state machine, with no sockets.
+
+use super::*;
+use proptest::prelude::*;
+
+const CLIENT: &str = "192.0.2.7:4321";
+
+fn config() -> Arc<SessionConfig> {
+    Arc::new(SessionConfig {
+        hostname: "mx.example.org".into(),
+        message_size_limit: 1000,
+        max_recipients: 3,
+        bare_newline: BareNewline::Normalize,
+        local_domains: vec!["example.org".into()],
+    })
+}
+
+fn session(may_relay: bool) -> Session {
+    let names: HashSet<String> = ["alice".to_string()].into();
+    Session::new(
+        config(),
+        CLIENT.parse().unwrap(),
+        may_relay,
+        Arc::new(names),
+    )
+}
+
+/// Everything a session produced: replies as wire text, committed messages, closed or not.
+#[derive(Default, Debug)]
+struct Transcript {
+    replies: Vec<String>,
+    messages: Vec<(Envelope, Vec<u8>)>,
+    aborted: usize,
+    closed: bool,
+}
+
+/// Feeds `input` in pieces of `chunk` bytes, committing every message as queued.
+fn drive(session: &mut Session, input: &[u8], chunk: usize, t: &mut Transcript) {
+    let mut current: Option<(Envelope, Vec<u8>)> = None;
+    // An empty first piece collects the greeting even when there is no input.
+    for piece in std::iter::once(&[][..]).chain(input.chunks(chunk.max(1))) {
+        let mut pos = 0;
+        loop {
+            pos += session.handle_input(&piece[pos..]);
+            let mut committed = false;
+            while let Some(output) = session.poll_output() {
+                match output {
+                    Output::Reply(reply) => {
+                        let mut wire = Vec::new();
+                        reply.write_to(&mut wire);
+                        t.replies.push(String::from_utf8(wire).unwrap());
+                    }
+                    Output::MessageStart(env) => current = Some((env, Vec::new())),
+                    Output::MessageData(bytes) => current.as_mut().unwrap().1.extend(bytes),
+                    Output::MessageEnd => {
+                        t.messages.push(current.take().unwrap());
+                        session.handle_committed(Ok(Queued::for_tests("Q1")));
+                        committed = true;
+                    }
+                    Output::MessageAbort => {
+                        current = None;
+                        t.aborted += 1;
+                    }
+                    Output::Close => t.closed = true,
+                }
+            }
+            if pos == piece.len() || (!committed && session.is_closed()) {
+                break;
+            }
+        }
+    }
+}
+
+fn run(input: &str) -> Transcript {
+    run_with(session(true), input.as_bytes())
+}
+
+fn run_with(mut s: Session, input: &[u8]) -> Transcript {
+    let mut t = Transcript::default();
+    drive(&mut s, input, input.len(), &mut t);
+    t
+}
+
+/// The basic and enhanced code of each reply after the greeting, e.g. "250 2.1.0".
+fn codes(t: &Transcript) -> Vec<String> {
+    t.replies[1..]
+        .iter()
+        .map(|r| {
+            let last = r.lines().last().unwrap();
+            last.split(' ').take(2).collect::<Vec<_>>().join(" ")
+        })
+        .collect()
+}
+
+#[test]
+fn greeting_comes_first() {
+    let t = run("");
+    assert_eq!(t.replies, ["220 mx.example.org ESMTP Postilion\r\n"]);
+}
+
+#[test]
+fn ehlo_advertises_extensions() {
+    let t = run("EHLO client.example\r\n");
+    let ehlo = &t.replies[1];
+    for ext in [
+        "PIPELINING",
+        "SIZE 1000",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+    ] {
+        assert!(
+            ehlo.contains(&format!("250-{ext}\r\n")) || ehlo.contains(&format!("250 {ext}\r\n")),
+            "{ext}"
+        );
+    }
+    assert!(ehlo.starts_with("250-mx.example.org greets [192.0.2.7]\r\n"));
+}
+
+#[test]
+fn full_transaction_is_queued() {
+    let t = run("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n");
+    assert_eq!(
+        codes(&t)[1..],
+        [
+            "250 2.1.0",
+            "250 2.1.5",
+            "354 End",
+            "250 2.0.0",
+            "221 2.0.0"
+        ]
+    );
+    assert_eq!(t.replies[5], "250 2.0.0 Ok: queued as Q1\r\n");
+    assert_eq!(t.messages.len(), 1);
+    let (env, body) = &t.messages[0];
+    assert_eq!(body, b"Subject: x\r\n\r\nhi\r\n");
+    assert_eq!(env.reverse_path.to_string(), "<a@b.example>");
+    assert_eq!(env.recipients.len(), 1);
+    assert_eq!(env.protocol, "ESMTP");
+    assert!(t.closed);
+}
+
+#[test]
+fn mail_before_helo_is_503() {
+    assert_eq!(codes(&run("MAIL FROM:<a@b>\r\n")), ["503 5.5.1"]);
+    assert_eq!(codes(&run("RCPT TO:<a@b>\r\n")), ["503 5.5.1"]);
+    assert_eq!(codes(&run("DATA\r\n")), ["503 5.5.1"]);
+}
+
+#[test]
+fn rcpt_before_mail_is_503() {
+    assert_eq!(
+        codes(&run("HELO c\r\nRCPT TO:<alice@example.org>\r\n"))[1],
+        "503 5.5.1"
+    );
+}
+
+#[test]
+fn data_without_rcpt_is_503() {
+    assert_eq!(
+        codes(&run("HELO c\r\nMAIL FROM:<>\r\nDATA\r\n"))[2],
+        "503 5.5.1"
+    );
+    assert_eq!(codes(&run("HELO c\r\nDATA\r\n"))[1], "503 5.5.1");
+}
+
+#[test]
+fn data_after_only_refused_rcpts_is_554() {
+    let t = run("HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<nobody@example.org>\r\nDATA\r\n");
+    assert_eq!(codes(&t)[2..], ["550 5.1.1", "554 5.5.1"]);
+}
+
+#[test]
+fn nested_mail_is_503() {
+    assert_eq!(
+        codes(&run("HELO c\r\nMAIL FROM:<>\r\nMAIL FROM:<>\r\n"))[2],
+        "503 5.5.1"
+    );
+}
+
+#[test]
+fn unknown_command_is_500() {
+    assert_eq!(codes(&run("FROB\r\n")), ["500 5.5.2"]);
+    assert_eq!(codes(&run("\0\0\0\r\n")), ["500 5.5.2"]);
+}
+
+#[test]
+fn syntax_errors_are_501() {
+    assert_eq!(codes(&run("EHLO\r\n")), ["501 5.5.4"]);
+    assert_eq!(codes(&run("HELO c\r\nMAIL TO:<a@b>\r\n"))[1], "501 5.5.4");
+    assert_eq!(
+        codes(&run("HELO c\r\nMAIL FROM:<a b@c>\r\n"))[1],
+        "501 5.1.7"
+    );
+    assert_eq!(
+        codes(&run("HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<@>\r\n"))[2],
+        "501 5.1.3"
+    );
+    assert_eq!(codes(&run("HELO c\r\nMAIL FROM:a@b\r\n"))[1], "501 5.1.7");
+}
+
+#[test]
+fn unknown_parameters_are_555() {
+    assert_eq!(
+        codes(&run("EHLO c\r\nMAIL FROM:<> RET=HDRS\r\n"))[1],
+        "555 5.5.4"
+    );
+    assert_eq!(
+        codes(&run(
+            "EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.org> NOTIFY=NEVER\r\n"
+        ))[2],
+        "555 5.5.4"
+    );
+    // ESMTP parameters after plain HELO.
+    assert_eq!(
+        codes(&run("HELO c\r\nMAIL FROM:<> SIZE=10\r\n"))[1],
+        "555 5.5.4"
+    );
+}
+
+#[test]
+fn size_over_limit_at_mail_is_552() {
+    assert_eq!(
+        codes(&run("EHLO c\r\nMAIL FROM:<> SIZE=1001\r\n"))[1],
+        "552 5.3.4"
+    );
+    assert_eq!(
+        codes(&run("EHLO c\r\nMAIL FROM:<> SIZE=1000\r\n"))[1],
+        "250 2.1.0"
+    );
+}
+
+#[test]
+fn message_growing_past_limit_is_read_to_end_then_552() {
+    let big = "x".repeat(2000);
+    let t = run(&format!(
+        "EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n{big}\r\nRCPT TO:<x@y>\r\n.\r\nNOOP\r\n"
+    ));
+    assert_eq!(codes(&t)[3..], ["354 End", "552 5.3.4", "250 2.0.0"]);
+    assert!(t.messages.is_empty());
+    assert_eq!(t.aborted, 1);
+}
+
+#[test]
+fn line_over_512_octets_is_500_5_5_6() {
+    let t = run(&format!("NOOP {}\r\nNOOP\r\n", "a".repeat(600)));
+    assert_eq!(codes(&t), ["500 5.5.6", "250 2.0.0"]);
+    // 510 characters plus CRLF is the most there may be.
+    let t = run(&format!("NOOP {}\r\n", "a".repeat(505)));
+    assert_eq!(codes(&t), ["250 2.0.0"]);
+    let t = run(&format!("NOOP {}\r\n", "a".repeat(506)));
+    assert_eq!(codes(&t), ["500 5.5.6"]);
+}
+
+#[test]
+fn huge_line_keeps_memory_bounded() {
+    let mut s = session(true);
+    let mut t = Transcript::default();
+    let chunk = vec![b'a'; 64 * 1024];
+    for _ in 0..16 {
+        drive(&mut s, &chunk, chunk.len(), &mut t);
+        assert!(s.line.capacity() <= 4 * MAX_COMMAND_LINE);
+    }
+    drive(&mut s, b"\r\nQUIT\r\n", 100, &mut t);
+    assert_eq!(codes(&t), ["500 5.5.6", "221 2.0.0"]);
+}
+
+#[test]
+fn relay_denied_unless_from_relay_network() {
+    let t = run_with(
+        session(false),
+        b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<x@elsewhere.example>\r\n",
+    );
+    assert_eq!(codes(&t)[2], "554 5.7.1");
+    assert!(t.replies[3].contains("<x@elsewhere.example>: Relay access denied"));
+    let t = run_with(
+        session(true),
+        b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<x@elsewhere.example>\r\n",
+    );
+    assert_eq!(codes(&t)[2], "250 2.1.5");
+}
+
+#[test]
+fn unknown_local_user_is_550_even_for_relay_clients() {
+    let t = run("HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<bob@example.org>\r\n");
+    assert_eq!(codes(&t)[2], "550 5.1.1");
+}
+
+#[test]
+fn postmaster_is_accepted_from_anyone() {
+    let t = run_with(
+        session(false),
+        b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nRCPT TO:<POSTMASTER@example.org>\r\n",
+    );
+    assert_eq!(codes(&t)[2..], ["250 2.1.5", "250 2.1.5"]);
+}
+
+#[test]
+fn too_many_recipients_is_452() {
+    let t = run("HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@x.example>\r\nRCPT TO:<b@x.example>\r\nRCPT TO:<c@x.example>\r\nRCPT TO:<d@x.example>\r\n");
+    assert_eq!(codes(&t)[5], "452 4.5.3");
+}
+
+#[test]
+fn utf8_address_needs_smtputf8() {
+    let t = run("EHLO c\r\nMAIL FROM:<jörg@example.org>\r\n");
+    assert_eq!(codes(&t)[1], "553 5.6.7");
+    let t = run("EHLO c\r\nMAIL FROM:<jörg@example.org> SMTPUTF8\r\nRCPT TO:<ü@x.example>\r\n");
+    assert_eq!(codes(&t)[1..], ["250 2.1.0", "250 2.1.5"]);
+}
+
+#[test]
+fn rset_noop_vrfy_help_quit() {
+    let t = run("EHLO c\r\nMAIL FROM:<>\r\nRSET\r\nRCPT TO:<alice@example.org>\r\nNOOP\r\nVRFY root\r\nHELP\r\nEXPN all\r\nQUIT\r\nNOOP\r\n");
+    assert_eq!(
+        codes(&t)[1..],
+        [
+            "250 2.1.0",
+            "250 2.0.0",
+            "503 5.5.1",
+            "250 2.0.0",
+            "252 2.5.0",
+            "214 2.0.0",
+            "502 5.5.1",
+            "221 2.0.0"
+        ]
+    );
+    assert!(t.closed);
+}
+
+#[test]
+fn null_sender_accepted() {
+    assert_eq!(codes(&run("HELO c\r\nMAIL FROM:<>\r\n"))[1], "250 2.1.0");
+}
+
+#[test]
+fn http_request_is_refused_and_closed() {
+    let t = run("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(codes(&t), ["500 5.5.2"]);
+    assert!(t.closed);
+}
+
+#[test]
+fn too_many_errors_closes_with_421() {
+    let t = run(&"FROB\r\n".repeat(MAX_ERRORS as usize + 5));
+    assert_eq!(codes(&t).len(), MAX_ERRORS as usize + 1);
+    assert_eq!(codes(&t).last().unwrap(), "421 4.7.0");
+    assert!(t.closed);
+}
+
+#[test]
+fn pipelined_commands_are_answered_in_order_across_a_commit() {
+    let t = run("EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.org>\r\nRCPT TO:<nobody@example.org>\r\nDATA\r\nhi\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nDATA\r\n.\r\nQUIT\r\n");
+    assert_eq!(
+        codes(&t)[1..],
+        [
+            "250 2.1.0",
+            "250 2.1.5",
+            "550 5.1.1",
+            "354 End",
+            "250 2.0.0",
+            "250 2.1.0",
+            "250 2.1.5",
+            "354 End",
+            "250 2.0.0",
+            "221 2.0.0"
+        ]
+    );
+    assert_eq!(t.messages.len(), 2);
+    assert!(t.messages[1].1.is_empty());
+}
+
+#[test]
+fn one_dialog_split_at_every_byte_gives_the_same_replies() {
+    let input = b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\nA: b\r\n\r\n..dot\r\nbare\nlf\r\n.\r\nQUIT\r\n";
+    let whole = run_with(session(true), input);
+    for chunk in 1..input.len() {
+        let mut s = session(true);
+        let mut t = Transcript::default();
+        drive(&mut s, input, chunk, &mut t);
+        assert_eq!(t.replies, whole.replies, "chunk {chunk}");
+        assert_eq!(t.messages, whole.messages, "chunk {chunk}");
+    }
+    assert_eq!(whole.messages[0].1, b"A: b\r\n\r\n.dot\r\nbare\r\nlf\r\n");
+}
+
+#[test]
+fn smuggled_second_message_stays_inside_the_first() {
+    for vector in [
+        "\n.\n", "\r.\r", "\n.\r\n", "\r\n.\n", "\r\n.\r", "\n.\r", "\r.\r\n",
+    ] {
+        let input = format!("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\nfirst{vector}MAIL FROM:<evil@x.example>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\nsmuggled\r\n.\r\nQUIT\r\n");
+        let t = run(&input);
+        assert_eq!(t.messages.len(), 1, "{vector:?}");
+        assert!(t.messages[0].1.windows(8).any(|w| w == b"smuggled"));
+        assert_eq!(
+            codes(&t)[3..],
+            ["354 End", "250 2.0.0", "221 2.0.0"],
+            "{vector:?}"
+        );
+    }
+}
+
+#[test]
+fn bare_newline_reject_mode_refuses_the_message() {
+    let cfg = SessionConfig {
+        bare_newline: BareNewline::Reject,
+        ..Arc::try_unwrap(config()).unwrap()
+    };
+    let s = Session::new(
+        Arc::new(cfg),
+        CLIENT.parse().unwrap(),
+        true,
+        Arc::new(HashSet::new()),
+    );
+    let t = run_with(
+        s,
+        b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nDATA\r\na\nb\r\n.\r\n",
+    );
+    assert_eq!(codes(&t)[3..], ["354 End", "550 5.6.0"]);
+    assert!(t.messages.is_empty());
+}
+
+#[test]
+fn commit_failure_is_451_never_250() {
+    let mut s = session(true);
+    s.handle_input(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n");
+    let mut replies = Vec::new();
+    while let Some(out) = s.poll_output() {
+        if let Output::Reply(r) = out {
+            replies.push(r.code);
+        }
+    }
+    let err = SpoolError::Io {
+        action: "write",
+        path: "/x".into(),
+        source: std::io::ErrorKind::StorageFull.into(),
+    };
+    s.handle_committed(Err(err));
+    match s.poll_output() {
+        Some(Output::Reply(r)) => assert_eq!((r.code, r.enhanced), (451, Some("4.3.0"))),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(replies, [220, 250, 250, 250, 354]);
+}
+
+#[test]
+fn eof_mid_data_aborts_the_message() {
+    let mut s = session(true);
+    let mut t = Transcript::default();
+    drive(
+        &mut s,
+        b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nDATA\r\npartial",
+        1000,
+        &mut t,
+    );
+    s.handle_eof();
+    assert_eq!(s.poll_output(), Some(Output::MessageAbort));
+    assert_eq!(s.poll_output(), Some(Output::Close));
+}
+
+#[test]
+fn timeout_is_421_4_4_2_and_data_uses_the_data_timeout() {
+    let mut s = session(true);
+    let mut t = Transcript::default();
+    assert_eq!(s.timeout(), Timeout::Command);
+    drive(
+        &mut s,
+        b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nDATA\r\n",
+        1000,
+        &mut t,
+    );
+    assert_eq!(s.timeout(), Timeout::Data);
+    s.handle_timeout();
+    assert_eq!(s.poll_output(), Some(Output::MessageAbort));
+    assert!(
+        matches!(s.poll_output(), Some(Output::Reply(r)) if r.code == 421 && r.enhanced == Some("4.4.2"))
+    );
+    assert_eq!(s.poll_output(), Some(Output::Close));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Any byte stream, in any chunking: no panic, buffers bounded, replies well-formed.
+    #[test]
+    fn random_bytes_never_panic_and_stay_bounded(
+        prefix in prop::sample::select(vec!["", "EHLO c\r\n", "EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nDATA\r\n"]),
+        bytes in prop::collection::vec(any::<u8>(), 0..4096),
+        chunk in 1usize..300,
+    ) {
+        let mut s = session(true);
+        let mut t = Transcript::default();
+        let mut input = prefix.as_bytes().to_vec();
+        input.extend_from_slice(&bytes);
+        drive(&mut s, &input, chunk, &mut t);
+        prop_assert!(s.line.len() <= MAX_COMMAND_LINE);
+        prop_assert!(s.outputs.is_empty());
+        for reply in &t.replies {
+            prop_assert!(reply.ends_with("\r\n"));
+            let code: u16 = reply[..3].parse().unwrap();
+            prop_assert!((200..600).contains(&code));
+        }
+        for (_, body) in &t.messages {
+            prop_assert!(body.len() as u64 <= config().message_size_limit);
+        }
+    }
+}

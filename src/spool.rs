@@ -1,0 +1,417 @@
+//! The on-disk queue: commit, recover at start. The only code that writes the spool.
+//!
+//! `tmp/` holds messages being written; `queue/` holds `ID.msg` (immutable) and `ID.env`
+//! (the envelope); `corrupt/` holds what could not be read. A commit writes both files in
+//! `tmp/`, fsyncs them, renames `.msg` then `.env` into `queue/` and fsyncs `queue/` itself;
+//! only then does it return a `Queued`, the one thing that lets a session answer 250
+//! (invariant 1). A lock file keeps two servers off one spool.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::envelope::Envelope;
+
+/// Proof that a message is durably in `queue/`: only `Incoming::commit` makes one.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Queued {
+    id: String,
+}
+
+impl Queued {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    #[cfg(test)]
+    pub fn for_tests(id: &str) -> Queued {
+        Queued { id: id.into() }
+    }
+}
+
+#[derive(Debug)]
+pub enum SpoolError {
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    Locked(PathBuf),
+}
+
+impl fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpoolError::Io {
+                action,
+                path,
+                source,
+            } => write!(f, "cannot {action} {}: {source}", path.display()),
+            SpoolError::Locked(path) => write!(
+                f,
+                "spool {} is in use by another postilion (lock held on {}/lock)",
+                path.display(),
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SpoolError {}
+
+fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {
+    move |source| SpoolError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What start-up recovery found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Ids of queued messages, oldest first.
+    pub queued: Vec<String>,
+    pub debris_removed: usize,
+    pub quarantined: usize,
+}
+
+#[derive(Debug)]
+pub struct Spool {
+    root: PathBuf,
+    tmp: PathBuf,
+    queue: PathBuf,
+    corrupt: PathBuf,
+    /// Held (and locked) for the life of the server.
+    _lock: File,
+}
+
+impl Spool {
+    /// Creates the directories if needed and takes the spool's lock.
+    pub fn open(root: &Path) -> Result<Spool, SpoolError> {
+        let (tmp, queue, corrupt) = (root.join("tmp"), root.join("queue"), root.join("corrupt"));
+        for dir in [root, &tmp, &queue, &corrupt] {
+            fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
+        }
+        let lock_path = root.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error("open", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked(root.into())),
+            Err(fs::TryLockError::Error(e)) => return Err(io_error("lock", &lock_path)(e)),
+        }
+        Ok(Spool {
+            root: root.into(),
+            tmp,
+            queue,
+            corrupt,
+            _lock: lock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Removes crash debris from `tmp/`, moves unreadable queue files to `corrupt/`, and
+    /// lists what is queued (invariant 2).
+    pub fn recover(&self) -> Result<Recovery, SpoolError> {
+        let mut recovery = Recovery::default();
+        for name in list(&self.tmp)? {
+            let path = self.tmp.join(&name);
+            fs::remove_file(&path).map_err(io_error("remove", &path))?;
+            log::info!("spool: removed crash debris tmp/{name}");
+            recovery.debris_removed += 1;
+        }
+        let names = list(&self.queue)?;
+        for name in &names {
+            if let Some(id) = name.strip_suffix(".env") {
+                let msg = format!("{id}.msg");
+                match self.check_envelope(name) {
+                    Err(why) => self.quarantine(&[name, &msg], &why, &mut recovery)?,
+                    Ok(()) if !names.contains(&msg) => {
+                        self.quarantine(&[name], "its .msg file is missing", &mut recovery)?
+                    }
+                    Ok(()) => recovery.queued.push(id.to_string()),
+                }
+            } else if let Some(id) = name.strip_suffix(".msg") {
+                if !names.contains(&format!("{id}.env")) {
+                    let why = "no envelope (a commit cut short before its 250)";
+                    self.quarantine(&[name], why, &mut recovery)?;
+                }
+            } else {
+                self.quarantine(&[name], "not a queue file name", &mut recovery)?;
+            }
+        }
+        recovery.queued.sort();
+        Ok(recovery)
+    }
+
+    fn check_envelope(&self, name: &str) -> Result<(), String> {
+        let text = fs::read_to_string(self.queue.join(name)).map_err(|e| e.to_string())?;
+        Envelope::parse(&text)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Moves files from `queue/` to `corrupt/`, with a log line; never deletes them.
+    fn quarantine(
+        &self,
+        names: &[&str],
+        why: &str,
+        recovery: &mut Recovery,
+    ) -> Result<(), SpoolError> {
+        for name in names {
+            let from = self.queue.join(name);
+            if !from.exists() {
+                continue;
+            }
+            let to = self.corrupt.join(name);
+            fs::rename(&from, &to).map_err(io_error("move to corrupt/", &from))?;
+            log::error!("spool: moved queue/{name} to corrupt/: {why}");
+            recovery.quarantined += 1;
+        }
+        sync_dir(&self.queue)
+    }
+
+    /// Starts a new message in `tmp/` under a fresh queue id.
+    pub fn incoming(&self) -> Result<Incoming<'_>, SpoolError> {
+        let id = new_id();
+        let path = self.tmp.join(format!("{id}.msg"));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_error("create", &path))?;
+        Ok(Incoming {
+            spool: self,
+            id,
+            path,
+            file: Some(BufWriter::with_capacity(64 * 1024, file)),
+            size: 0,
+            error: None,
+        })
+    }
+}
+
+/// File names in a directory.
+fn list(dir: &Path) -> Result<Vec<String>, SpoolError> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_error("read directory", dir))? {
+        let entry = entry.map_err(io_error("read directory", dir))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    Ok(names)
+}
+
+/// Makes renames into `dir` durable: on ext4 without a journal a rename alone is not.
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error("sync directory", dir))
+}
+
+/// Maildir-style id: seconds, microseconds, pid, counter. Unique without locking and
+/// sortable by arrival time.
+fn new_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{}.M{:06}P{}Q{n}",
+        now.as_secs(),
+        now.subsec_micros(),
+        std::process::id()
+    )
+}
+
+/// A message being received. Dropped without `commit`, its temp file is removed.
+pub struct Incoming<'a> {
+    spool: &'a Spool,
+    id: String,
+    path: PathBuf,
+    /// `None` once committed.
+    file: Option<BufWriter<File>>,
+    size: u64,
+    /// The first write error; reported by `commit`.
+    error: Option<io::Error>,
+}
+
+impl Incoming<'_> {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Appends message bytes. An error (a full disk) is kept and reported by `commit`.
+    pub fn write(&mut self, bytes: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Some(file) = &mut self.file {
+            match file.write_all(bytes) {
+                Ok(()) => self.size += bytes.len() as u64,
+                Err(e) => self.error = Some(e),
+            }
+        }
+    }
+
+    /// Makes the message durable in `queue/`, setting `envelope.size`.
+    pub fn commit(mut self, envelope: &mut Envelope) -> Result<Queued, SpoolError> {
+        let result = self.try_commit(envelope);
+        if result.is_err() {
+            // Nothing acknowledged may stay behind half-made.
+            let _ = fs::remove_file(self.spool.tmp.join(format!("{}.env", self.id)));
+            let _ = fs::remove_file(self.spool.queue.join(format!("{}.msg", self.id)));
+        }
+        result
+    }
+
+    fn try_commit(&mut self, envelope: &mut Envelope) -> Result<Queued, SpoolError> {
+        let path = self.path.clone();
+        if let Some(source) = self.error.take() {
+            return Err(io_error("write", &path)(source));
+        }
+        let Some(file) = self.file.take() else {
+            return Err(io_error("commit", &path)(io::ErrorKind::NotFound.into()));
+        };
+        let file = file
+            .into_inner()
+            .map_err(|e| io_error("write", &path)(e.into_error()))?;
+        file.sync_all().map_err(io_error("sync", &path))?;
+        drop(file);
+
+        envelope.size = self.size;
+        let (tmp, queue) = (&self.spool.tmp, &self.spool.queue);
+        let env_tmp = tmp.join(format!("{}.env", self.id));
+        write_synced(&env_tmp, envelope.to_text().as_bytes())?;
+        // .msg first: an .env in queue/ always has its message.
+        let msg_final = queue.join(format!("{}.msg", self.id));
+        fs::rename(&path, &msg_final).map_err(io_error("rename", &path))?;
+        let env_final = queue.join(format!("{}.env", self.id));
+        fs::rename(&env_tmp, &env_final).map_err(io_error("rename", &env_tmp))?;
+        sync_dir(queue)?;
+        Ok(Queued {
+            id: self.id.clone(),
+        })
+    }
+}
+
+impl Drop for Incoming<'_> {
+    fn drop(&mut self) {
+        // Not committed (or the commit failed): the temp file is garbage.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_error("create", path))?;
+    file.write_all(bytes).map_err(io_error("write", path))?;
+    file.sync_all().map_err(io_error("sync", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Recipient;
+    use crate::smtp::address::{ForwardPath, ReversePath};
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("postilion-spool-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn envelope() -> Envelope {
+        Envelope {
+            reverse_path: ReversePath::Null,
+            recipients: vec![Recipient::pending(ForwardPath::Postmaster)],
+            client: "127.0.0.1:1".parse().unwrap(),
+            helo: "h".into(),
+            protocol: "ESMTP".into(),
+            eight_bit: false,
+            smtputf8: false,
+            arrival: 1,
+            size: 0,
+        }
+    }
+
+    #[test]
+    fn commit_then_recover() {
+        let dir = temp_dir("commit");
+        let spool = Spool::open(&dir).unwrap();
+        let mut incoming = spool.incoming().unwrap();
+        incoming.write(b"Subject: hi\r\n\r\nbody\r\n");
+        let mut env = envelope();
+        let queued = incoming.commit(&mut env).unwrap();
+        assert_eq!(env.size, 21);
+        let msg = fs::read(dir.join("queue").join(format!("{}.msg", queued.id()))).unwrap();
+        assert_eq!(msg, b"Subject: hi\r\n\r\nbody\r\n");
+        assert!(list(&dir.join("tmp")).unwrap().is_empty());
+        let recovery = spool.recover().unwrap();
+        assert_eq!(recovery.queued, vec![queued.id().to_string()]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dropped_incoming_leaves_nothing() {
+        let dir = temp_dir("drop");
+        let spool = Spool::open(&dir).unwrap();
+        let mut incoming = spool.incoming().unwrap();
+        incoming.write(b"partial");
+        drop(incoming);
+        assert!(list(&dir.join("tmp")).unwrap().is_empty());
+        assert!(list(&dir.join("queue")).unwrap().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn second_server_on_same_spool_is_refused() {
+        let dir = temp_dir("lock");
+        let _first = Spool::open(&dir).unwrap();
+        assert!(matches!(Spool::open(&dir), Err(SpoolError::Locked(_))));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn recovery_removes_debris_and_quarantines_the_unreadable() {
+        let dir = temp_dir("recover");
+        let spool = Spool::open(&dir).unwrap();
+        fs::write(dir.join("tmp/1.M1P1Q1.msg"), b"half").unwrap();
+        fs::write(dir.join("queue/2.M1P1Q1.env"), b"\xff\xfe garbage").unwrap();
+        fs::write(dir.join("queue/2.M1P1Q1.msg"), b"msg").unwrap();
+        fs::write(dir.join("queue/3.M1P1Q1.msg"), b"orphan").unwrap();
+        fs::write(dir.join("queue/4.M1P1Q1.env"), envelope().to_text()).unwrap();
+        fs::write(dir.join("queue/4.M1P1Q1.msg"), b"good").unwrap();
+        let recovery = spool.recover().unwrap();
+        assert_eq!(recovery.queued, vec!["4.M1P1Q1".to_string()]);
+        assert_eq!(recovery.debris_removed, 1);
+        assert_eq!(recovery.quarantined, 3);
+        let mut corrupt = list(&dir.join("corrupt")).unwrap();
+        corrupt.sort();
+        assert_eq!(corrupt, ["2.M1P1Q1.env", "2.M1P1Q1.msg", "3.M1P1Q1.msg"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ids_are_unique_and_ordered() {
+        let a = new_id();
+        let b = new_id();
+        assert_ne!(a, b);
+        assert!(a.contains(".M") && a.contains('P') && a.contains('Q'));
+    }
+}
