@@ -306,12 +306,12 @@ impl Connection<'_> {
             match output {
                 Output::Reply(reply) => {
                     if reply.is_error() {
-                        log::info!(
-                            "c{} reject: {}: {reply}",
-                            self.id,
-                            self.session.last_command()
-                        );
+                        log::info!("c{} {reply}", self.id);
                     }
+                    reply.write_to(&mut self.out);
+                }
+                Output::Refusal(reply, command) => {
+                    log::info!("c{} reject: {command}: {reply}", self.id);
                     reply.write_to(&mut self.out);
                 }
                 Output::MessageStart(envelope) => self.start_message(envelope),

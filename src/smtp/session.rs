@@ -38,6 +38,8 @@ pub struct SessionConfig {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Output {
     Reply(Reply),
+    /// An error reply to a command, with that command (escaped) for the log.
+    Refusal(Reply, String),
     /// DATA was accepted: open a spool file for this envelope.
     MessageStart(Envelope),
     /// Message content: dot-unstuffed, CRLF line ends.
@@ -204,8 +206,11 @@ impl Session {
     fn reply(&mut self, reply: Reply) {
         if reply.is_error() {
             self.errors += 1;
+            let command = self.last_command.clone();
+            self.outputs.push_back(Output::Refusal(reply, command));
+        } else {
+            self.outputs.push_back(Output::Reply(reply));
         }
-        self.outputs.push_back(Output::Reply(reply));
     }
 
     /// Hangs up on a client that keeps getting error replies.

@@ -45,7 +45,7 @@ fn drive(session: &mut Session, input: &[u8], chunk: usize, t: &mut Transcript) 
             let mut committed = false;
             while let Some(output) = session.poll_output() {
                 match output {
-                    Output::Reply(reply) => {
+                    Output::Reply(reply) | Output::Refusal(reply, _) => {
                         let mut wire = Vec::new();
                         reply.write_to(&mut wire);
                         t.replies.push(String::from_utf8(wire).unwrap());
@@ -427,7 +427,7 @@ fn commit_failure_is_451_never_250() {
     s.handle_input(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n");
     let mut replies = Vec::new();
     while let Some(out) = s.poll_output() {
-        if let Output::Reply(r) = out {
+        if let Output::Reply(r) | Output::Refusal(r, _) = out {
             replies.push(r.code);
         }
     }
@@ -438,7 +438,10 @@ fn commit_failure_is_451_never_250() {
     };
     s.handle_committed(Err(err));
     match s.poll_output() {
-        Some(Output::Reply(r)) => assert_eq!((r.code, r.enhanced), (451, Some("4.3.0"))),
+        Some(Output::Refusal(r, command)) => {
+            assert_eq!((r.code, r.enhanced), (451, Some("4.3.0")));
+            assert_eq!(command, "DATA");
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(replies, [220, 250, 250, 250, 354]);

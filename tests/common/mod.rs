@@ -1,0 +1,348 @@
+//! Test harness: runs the real `postilion` binary on a loopback ephemeral port in a temp dir,
+//! reads its log, and talks raw SMTP to it. No fixed ports, no sleeps: every wait polls an
+//! observable condition under a deadline. A failed test's directory is kept for a look.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_postilion");
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A fresh directory under the system temp dir; removed on drop unless the test failed.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "postilion-test-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("test failed; its files are kept in {}", self.0.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Polls `condition` until it holds or the deadline passes.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        thread::yield_now();
+        thread::park_timeout(Duration::from_millis(5));
+    }
+}
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub spool: PathBuf,
+    pub mail: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+    // The directory outlives the process.
+    _dir_guard: Option<Arc<TempDir>>,
+    pub dir: PathBuf,
+}
+
+/// The standard test set-up: local domain `example.test`, one user `alice`, hostname `mx.test`.
+pub fn base_args(dir: &Path) -> Vec<String> {
+    let mail = dir.join("mail");
+    fs::create_dir_all(mail.join("alice")).unwrap();
+    [
+        "--listen",
+        "127.0.0.1:0",
+        "--spool",
+        dir.join("spool").to_str().unwrap(),
+        "--mailbox-root",
+        mail.to_str().unwrap(),
+        "--hostname",
+        "mx.test",
+        "--local-domains",
+        "example.test",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+impl Server {
+    /// Starts a server in a new temp dir with `base_args` plus `extra`.
+    pub fn start(name: &str, extra: &[&str]) -> Server {
+        let dir = Arc::new(TempDir::new(name));
+        let path = dir.0.clone();
+        Server::start_in(&path, extra, Some(dir))
+    }
+
+    /// Starts a server on an existing directory (for restarts).
+    pub fn start_in(dir: &Path, extra: &[&str], guard: Option<Arc<TempDir>>) -> Server {
+        let mut args = base_args(dir);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Server::spawn(dir, &args, &[], guard)
+    }
+
+    pub fn spawn(
+        dir: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        guard: Option<Arc<TempDir>>,
+    ) -> Server {
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .args(args)
+            .env_remove("JOURNAL_STREAM")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start postilion");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = first_listen_addr(&rx, &mut child, &log);
+        Server {
+            child,
+            addr,
+            spool: dir.join("spool"),
+            mail: dir.join("mail"),
+            log,
+            _dir_guard: guard,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let mut found = None;
+        wait_until(&format!("log line containing {needle:?}"), || {
+            found = self.log_lines().into_iter().find(|l| l.contains(needle));
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Names in `spool/queue/` ending in `suffix`, sorted.
+    pub fn queue_files(&self, suffix: &str) -> Vec<String> {
+        list(&self.spool.join("queue"), suffix)
+    }
+
+    pub fn tmp_files(&self) -> Vec<String> {
+        list(&self.spool.join("tmp"), "")
+    }
+
+    /// The queued message file for an id.
+    pub fn queued_message(&self, id: &str) -> Vec<u8> {
+        fs::read(self.spool.join("queue").join(format!("{id}.msg"))).unwrap()
+    }
+
+    pub fn queued_envelope(&self, id: &str) -> String {
+        fs::read_to_string(self.spool.join("queue").join(format!("{id}.env"))).unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+        if thread::panicking() {
+            eprintln!("--- server log ---\n{}", self.log_lines().join("\n"));
+        }
+    }
+}
+
+fn first_listen_addr(
+    rx: &Receiver<String>,
+    child: &mut Child,
+    log: &Arc<Mutex<Vec<String>>>,
+) -> SocketAddr {
+    let start = Instant::now();
+    loop {
+        if let Ok(addr) = rx.recv_timeout(Duration::from_millis(50)) {
+            return addr.parse().expect("listen address");
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("postilion exited ({status}): {:?}", log.lock().unwrap());
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "postilion did not start listening"
+        );
+    }
+}
+
+pub fn list(dir: &Path, suffix: &str) -> Vec<String> {
+    let mut names: Vec<String> = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(suffix))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+/// A raw SMTP client: send bytes, read whole replies.
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    pub fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.stream.write_all(bytes.as_ref()).expect("send");
+    }
+
+    /// Reads one (possibly multi-line) reply; returns its lines joined with `\n`.
+    pub fn reply(&mut self) -> String {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("read reply");
+            assert!(
+                n > 0,
+                "connection closed while waiting for a reply; got {lines:?}"
+            );
+            let done = line.as_bytes().get(3) == Some(&b' ');
+            lines.push(line.trim_end().to_string());
+            if done {
+                return lines.join("\n");
+            }
+        }
+    }
+
+    /// Sends a command and returns the reply.
+    pub fn command(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n"));
+        self.reply()
+    }
+
+    /// Asserts the reply starts with `prefix` (e.g. "250 2.1.5").
+    pub fn expect(&mut self, prefix: &str) -> String {
+        let reply = self.reply();
+        assert!(
+            reply.starts_with(prefix) || reply.lines().last().unwrap_or("").starts_with(prefix),
+            "expected {prefix:?}, got {reply:?}"
+        );
+        reply
+    }
+
+    /// True once the server has closed the connection (reads to EOF).
+    pub fn closed_by_server(&mut self) -> bool {
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest).is_ok()
+    }
+
+    /// Greeting and EHLO.
+    pub fn hello(addr: SocketAddr) -> Client {
+        let mut c = Client::connect(addr);
+        c.expect("220 ");
+        c.send("EHLO client.test\r\n");
+        c.expect("250 ");
+        c
+    }
+
+    /// A whole transaction; returns the final reply after the dot.
+    pub fn send_message(&mut self, from: &str, to: &[&str], data: &[u8]) -> String {
+        assert!(self
+            .command(&format!("MAIL FROM:<{from}>"))
+            .starts_with("250"));
+        for rcpt in to {
+            let reply = self.command(&format!("RCPT TO:<{rcpt}>"));
+            assert!(reply.starts_with("250"), "{reply}");
+        }
+        assert!(self.command("DATA").starts_with("354"));
+        self.send(data);
+        self.send(b".\r\n");
+        self.reply()
+    }
+}
+
+/// The queue id in a "250 2.0.0 Ok: queued as ID" reply.
+pub fn queue_id(reply: &str) -> String {
+    reply
+        .rsplit("queued as ")
+        .next()
+        .filter(|_| reply.starts_with("250 2.0.0"))
+        .unwrap_or_else(|| panic!("not a queued reply: {reply}"))
+        .trim()
+        .to_string()
+}
+
+/// Splits a queued message into our Received: header and the rest.
+pub fn split_received(message: &[u8]) -> (String, Vec<u8>) {
+    assert!(
+        message.starts_with(b"Received: from "),
+        "no Received: first"
+    );
+    // The header is folded over lines that start with a tab.
+    let mut end = 0;
+    loop {
+        let line_end = message[end..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap()
+            + end
+            + 2;
+        end = line_end;
+        if message.get(end) != Some(&b'\t') {
+            break;
+        }
+    }
+    (
+        String::from_utf8(message[..end].to_vec()).unwrap(),
+        message[end..].to_vec(),
+    )
+}
