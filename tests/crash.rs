@@ -1,0 +1,127 @@
+//! Crash safety: `kill -9` while 20 clients send. After a restart every message that got a
+//! 250 is in queue/, intact, and nothing half-written is. Also the start-up scan.
+
+mod common;
+
+use std::fs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use common::{queue_id, split_received, wait_until, Client, Server, TempDir};
+
+/// Queue id and content of every message that got a 250.
+type Acked = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+fn body(client: usize, n: usize) -> Vec<u8> {
+    let mut b = format!("Subject: c{client} m{n}\r\n\r\n").into_bytes();
+    for line in 0..40 {
+        b.extend_from_slice(
+            format!("client {client} message {n} line {line} ........\r\n").as_bytes(),
+        );
+    }
+    b
+}
+
+#[test]
+fn kill_9_loses_no_acknowledged_message() {
+    let dir = Arc::new(TempDir::new("crash"));
+    let mut server = Server::start_in(&dir.0, &[], Some(Arc::clone(&dir)));
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..20)
+        .map(|client| {
+            let (addr, acked, stop) = (server.addr, Arc::clone(&acked), Arc::clone(&stop));
+            thread::spawn(move || {
+                // Any I/O failure (the server died) ends this client; panics are caught.
+                let _ = std::panic::catch_unwind(move || {
+                    let mut c = Client::hello(addr);
+                    for n in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let data = body(client, n);
+                        let reply =
+                            c.send_message("load@client.test", &["alice@example.test"], &data);
+                        acked.lock().unwrap().push((queue_id(&reply), data));
+                    }
+                });
+            })
+        })
+        .collect();
+    wait_until("200 acknowledged messages", || {
+        acked.lock().unwrap().len() >= 200
+    });
+    server.kill(); // SIGKILL, mid-traffic
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.join();
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    let restarted = Server::start_in(&dir.0, &[], Some(Arc::clone(&dir)));
+    let started = restarted.wait_for_log("started as");
+    assert!(
+        restarted.tmp_files().is_empty(),
+        "tmp/ debris left after recovery"
+    );
+    for (id, data) in &acked {
+        let (_, stored) = split_received(&restarted.queued_message(id));
+        assert_eq!(&stored, data, "message {id} damaged");
+    }
+    // Nothing half-written is in queue/: each file has its partner and parses.
+    let envs = restarted.queue_files(".env");
+    let msgs = restarted.queue_files(".msg");
+    assert_eq!(envs.len(), msgs.len());
+    for env in &envs {
+        let text = restarted.queued_envelope(env.trim_end_matches(".env"));
+        assert!(text.starts_with("Version: 1\n") && text.contains("Rcpt: <alice@example.test>"));
+    }
+    assert!(envs.len() >= acked.len());
+    assert!(
+        started.contains(&format!("{} queued", envs.len())),
+        "{started}"
+    );
+}
+
+#[test]
+fn startup_scan_clears_debris_quarantines_garbage_and_keeps_the_queue() {
+    let dir = Arc::new(TempDir::new("scan"));
+    let server = Server::start_in(&dir.0, &[], Some(Arc::clone(&dir)));
+    let mut c = Client::hello(server.addr);
+    let id = queue_id(&c.send_message("a@client.test", &["alice@example.test"], b"kept\r\n"));
+    drop(c);
+    drop(server);
+    let spool = dir.0.join("spool");
+    fs::write(spool.join("tmp/123.M1P1Q1.msg"), b"half a message").unwrap();
+    fs::write(spool.join("queue/124.M1P1Q1.env"), b"Version: 99\n").unwrap();
+    fs::write(spool.join("queue/124.M1P1Q1.msg"), b"whatever").unwrap();
+
+    let server = Server::start_in(&dir.0, &[], Some(Arc::clone(&dir)));
+    let started = server.wait_for_log("started as");
+    assert!(
+        started.contains("1 queued, 1 debris removed, 2 quarantined"),
+        "{started}"
+    );
+    server.wait_for_log("moved queue/124.M1P1Q1.env to corrupt/");
+    assert!(server.tmp_files().is_empty());
+    assert_eq!(server.queue_files(".env"), [format!("{id}.env")]);
+    assert_eq!(
+        common::list(&spool.join("corrupt"), ""),
+        ["124.M1P1Q1.env", "124.M1P1Q1.msg"]
+    );
+}
+
+#[test]
+fn second_server_on_the_same_spool_refuses_to_start() {
+    let dir = Arc::new(TempDir::new("twice"));
+    let _first = Server::start_in(&dir.0, &[], Some(Arc::clone(&dir)));
+    let out = std::process::Command::new(common::BIN)
+        .arg("serve")
+        .args(common::base_args(&dir.0))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another postilion"), "{err}");
+}
