@@ -21,7 +21,7 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 test: deps lint
-	$(CARGO) test --all-targets
+	$(CARGO) test
 
 # Load figures (messages/s, latency, RSS), against Postfix too where it is installed.
 bench:
