@@ -13,7 +13,6 @@ mod server;
 mod smtp;
 mod spool;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -144,8 +143,7 @@ fn start(config: Arc<Config>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut listeners = Vec::new();
     for addr in &config.listen {
-        let listener =
-            TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let listener = server::bind(*addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
         ::log::info!("listening on {bound}");
         listeners.push(listener);

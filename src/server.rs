@@ -28,6 +28,23 @@ const STACK_SIZE: usize = 256 * 1024;
 /// The most read from a client at once; bounds what one read can make the session queue.
 const READ_BUFFER: usize = 32 * 1024;
 
+/// Pending connections the kernel may hold while the accept loop catches up.
+const BACKLOG: i32 = 1024;
+
+/// Binds a listener. An IPv6 address serves IPv6 only, so `0.0.0.0:25` and `[::]:25` can be
+/// listed together (Linux would otherwise give `[::]` IPv4 too, and the second bind fails).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// Everything connection threads share.
 pub struct Server {
     pub config: Arc<Config>,

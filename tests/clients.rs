@@ -199,3 +199,30 @@ fn new_local_user_is_known_without_restart() {
         .command("RCPT TO:<carol@example.test>")
         .starts_with("250 2.1.5"));
 }
+
+#[test]
+fn listens_on_ipv4_and_ipv6_at_once() {
+    let server = Server::start("dualstack", &["--listen", "127.0.0.1:0, [::1]:0"]);
+    let v6: std::net::SocketAddr = server
+        .wait_for_log("listening on [::1]:")
+        .rsplit("listening on ")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for addr in [server.addr, v6] {
+        let mut c = Client::hello(addr);
+        let reply = c.send_message(
+            "a@client.test",
+            &["someone@remote.test"],
+            b"Subject: v\r\n\r\nx\r\n",
+        );
+        let (received, _) = split_received(&server.queued_message(&queue_id(&reply)));
+        let literal = if addr.is_ipv6() {
+            "([IPv6:::1])"
+        } else {
+            "([127.0.0.1])"
+        };
+        assert!(received.contains(literal), "{received}");
+    }
+}

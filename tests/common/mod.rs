@@ -96,7 +96,13 @@ impl Server {
 
     /// Starts a server on an existing directory (for restarts).
     pub fn start_in(dir: &Path, extra: &[&str], guard: Option<Arc<TempDir>>) -> Server {
-        let mut args = base_args(dir);
+        // A flag in `extra` replaces the base one (flags come in `--name value` pairs).
+        let mut args: Vec<String> = base_args(dir)
+            .chunks(2)
+            .filter(|pair| !extra.contains(&pair[0].as_str()))
+            .flatten()
+            .cloned()
+            .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         Server::spawn(dir, &args, &[], guard)
     }
