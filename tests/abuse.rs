@@ -11,13 +11,6 @@ use std::thread;
 
 use common::{queue_id, split_received, wait_until, Client, Server};
 
-fn hello_and_envelope(c: &mut Client) {
-    c.send("MAIL FROM:<a@client.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
-    c.expect("250 2.1.0");
-    c.expect("250 2.1.5");
-    c.expect("354 ");
-}
-
 #[test]
 fn line_of_100_kib_is_500_5_5_6_and_the_session_goes_on() {
     let server = Server::start("longline", &[]);
@@ -36,7 +29,7 @@ fn nul_bytes_in_commands_are_refused_and_kept_in_content() {
     c.expect("500 5.5.2");
     c.send(b"\0\0\0\0\r\n");
     c.expect("500 5.5.2");
-    hello_and_envelope(&mut c);
+    c.start_data();
     c.send(b"Subject: nul\r\n\r\na\0b\r\n.\r\n");
     let id = queue_id(&c.expect("250 2.0.0"));
     let (_, body) = split_received(&server.queued_message(&id));
@@ -69,7 +62,7 @@ fn garbage_is_answered_then_cut_off_and_others_are_served() {
     );
     // Memory stayed bounded and the server still serves.
     let mut other = Client::hello(server.addr);
-    hello_and_envelope(&mut other);
+    other.start_data();
     other.send("hi\r\n.\r\n");
     other.expect("250 2.0.0");
     assert!(server.tmp_files().is_empty());
@@ -104,7 +97,7 @@ fn three_hundred_connections_over_the_cap_get_421_and_the_rest_are_served() {
     for c in served.iter_mut().step_by(10) {
         c.send("EHLO busy.test\r\n");
         c.expect("250 ");
-        hello_and_envelope(c);
+        c.start_data();
         c.send("x\r\n.\r\n");
         c.expect("250 2.0.0");
     }
@@ -144,7 +137,7 @@ fn per_ip_cap_refuses_the_21st_while_another_address_is_served() {
 fn client_vanishing_mid_data_leaves_nothing() {
     let server = Server::start("vanish", &[]);
     let mut c = Client::hello(server.addr);
-    hello_and_envelope(&mut c);
+    c.start_data();
     c.send(b"Subject: half\r\n\r\n".repeat(1000));
     drop(c);
     server.wait_for_log("lost connection in DATA");
@@ -156,7 +149,7 @@ fn client_vanishing_mid_data_leaves_nothing() {
 fn message_growing_past_the_limit_is_552_and_nothing_is_kept() {
     let server = Server::start("toobig", &["--message-size-limit", "10K"]);
     let mut c = Client::hello(server.addr);
-    hello_and_envelope(&mut c);
+    c.start_data();
     // Lines that look like commands must stay content.
     for _ in 0..500 {
         c.send("MAIL FROM:<inside@data.test> padding padding padding padding\r\n");
@@ -181,7 +174,7 @@ fn idle_client_gets_421_after_the_command_timeout() {
 fn stalled_data_gets_421_and_nothing_is_queued() {
     let server = Server::start("stall", &["--data-timeout", "1s"]);
     let mut c = Client::hello(server.addr);
-    hello_and_envelope(&mut c);
+    c.start_data();
     c.send("Subject: never finished\r\n");
     c.expect("421 4.4.2");
     assert!(server.queue_files("").is_empty());
@@ -196,7 +189,7 @@ fn unwritable_spool_is_451_and_nothing_is_acknowledged() {
     fs::remove_dir(&tmp).unwrap();
     fs::write(&tmp, b"not a directory").unwrap();
     let mut c = Client::hello(server.addr);
-    hello_and_envelope(&mut c);
+    c.start_data();
     c.send("Subject: x\r\n\r\nbody\r\n.\r\n");
     c.expect("451 4.3.0");
     assert!(server.queue_files("").is_empty());
@@ -204,7 +197,7 @@ fn unwritable_spool_is_451_and_nothing_is_acknowledged() {
     // Once the spool is fixed, mail flows again on the same connection.
     fs::remove_file(&tmp).unwrap();
     fs::create_dir(&tmp).unwrap();
-    hello_and_envelope(&mut c);
+    c.start_data();
     c.send("Subject: x\r\n\r\nbody\r\n.\r\n");
     c.expect("250 2.0.0");
 }
@@ -234,7 +227,7 @@ fn full_disk_is_451_and_leaves_no_debris() {
     let _unmount = Unmount(spool.clone());
     let mut server = Server::start_in(&dir.0, &[], None);
     let mut c = Client::hello(server.addr);
-    hello_and_envelope(&mut c);
+    c.start_data();
     let line = format!("{}\r\n", "y".repeat(998));
     for _ in 0..512 {
         c.send(&line);
@@ -244,7 +237,7 @@ fn full_disk_is_451_and_leaves_no_debris() {
     assert!(server.queue_files("").is_empty());
     wait_until("tmp/ to be clean", || server.tmp_files().is_empty());
     // Space is back (the failed message was removed): a small message fits.
-    hello_and_envelope(&mut c);
+    c.start_data();
     c.send("small\r\n.\r\n");
     c.expect("250 2.0.0");
     server.kill();
@@ -270,7 +263,7 @@ fn connection_reset_mid_command_is_harmless() {
             let addr = server.addr;
             thread::spawn(move || {
                 let mut c = Client::hello(addr);
-                hello_and_envelope(&mut c);
+                c.start_data();
                 c.send("ok\r\n.\r\n");
                 c.expect("250 2.0.0");
             })

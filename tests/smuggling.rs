@@ -21,10 +21,7 @@ fn each_variant_yields_exactly_one_message() {
     for (name, variant) in VARIANTS {
         let before = server.queue_files(".msg").len();
         let mut c = Client::hello(server.addr);
-        c.send("MAIL FROM:<a@client.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
-        c.expect("250 2.1.0");
-        c.expect("250 2.1.5");
-        c.expect("354 ");
+        c.start_data();
         let mut data = b"Subject: first\r\n\r\nfirst".to_vec();
         data.extend_from_slice(variant);
         data.extend_from_slice(
@@ -54,10 +51,7 @@ fn each_variant_yields_exactly_one_message() {
 fn reject_mode_refuses_bare_line_ends_and_keeps_nothing() {
     let server = Server::start("smuggling-reject", &["--bare-newline", "reject"]);
     let mut c = Client::hello(server.addr);
-    c.send("MAIL FROM:<a@client.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
-    c.expect("250 2.1.0");
-    c.expect("250 2.1.5");
-    c.expect("354 ");
+    c.start_data();
     c.send(b"first\n.\nMAIL FROM:<x@y.test>\r\n.\r\n");
     c.expect("550 5.6.0");
     assert!(server.queue_files("").is_empty());

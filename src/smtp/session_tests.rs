@@ -1,4 +1,5 @@
 //! Reply-by-reply tests of the session state machine, with no sockets.
+//! Compiled only under #[cfg(test)], from the `mod tests` at the end of session.rs.
 
 use super::*;
 use proptest::prelude::*;

@@ -300,6 +300,14 @@ impl Client {
         c
     }
 
+    /// Pipelined MAIL, RCPT, DATA for a@client.test to alice@example.test, up to the 354.
+    pub fn start_data(&mut self) {
+        self.send("MAIL FROM:<a@client.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
+        self.expect("250 2.1.0");
+        self.expect("250 2.1.5");
+        self.expect("354 ");
+    }
+
     /// A whole transaction; returns the final reply after the dot.
     pub fn send_message(&mut self, from: &str, to: &[&str], data: &[u8]) -> String {
         assert!(self
