@@ -226,3 +226,26 @@ fn listens_on_ipv4_and_ipv6_at_once() {
         assert!(received.contains(literal), "{received}");
     }
 }
+
+#[test]
+fn bdat_chunks_as_exchange_sends_them() {
+    let server = Server::start("bdat", &[]);
+    let mut c = Client::hello(server.addr);
+    // Pipelined: envelope and the first chunk (with bare LFs, as Microsoft sends) in one write.
+    let first = b"Subject: chunked\n\n.line one\n";
+    let second = b"line two\r\n";
+    let mut batch =
+        b"MAIL FROM:<ex@client.test> BODY=8BITMIME\r\nRCPT TO:<alice@example.test>\r\n".to_vec();
+    batch.extend_from_slice(format!("BDAT {}\r\n", first.len()).as_bytes());
+    batch.extend_from_slice(first);
+    batch.extend_from_slice(format!("BDAT {} LAST\r\n", second.len()).as_bytes());
+    batch.extend_from_slice(second);
+    c.send(&batch);
+    c.expect("250 2.1.0");
+    c.expect("250 2.1.5");
+    c.expect(&format!("250 2.0.0 Ok: {} octets received", first.len()));
+    let id = queue_id(&c.expect("250 2.0.0 Ok: queued as"));
+    let (_, body) = split_received(&server.queued_message(&id));
+    assert_eq!(body, b"Subject: chunked\r\n\r\n.line one\r\nline two\r\n");
+    assert!(server.queued_envelope(&id).contains("Body: 8BITMIME\n"));
+}

@@ -15,12 +15,17 @@ pub enum Command {
     },
     Rcpt(ForwardPath),
     Data,
+    /// `BDAT size [LAST]` (RFC 3030): the next `size` octets are message content.
+    Bdat {
+        size: u64,
+        last: bool,
+    },
     Rset,
     Noop,
     Quit,
     Vrfy,
     Help,
-    /// Known verbs we deliberately do not offer (EXPN, TURN, STARTTLS, AUTH, BDAT, ...).
+    /// Known verbs we deliberately do not offer (EXPN, TURN, STARTTLS, AUTH, ...).
     NotImplemented(&'static str),
 }
 
@@ -56,7 +61,7 @@ pub enum ParseError {
 }
 
 const NOT_IMPLEMENTED: &[&str] = &[
-    "EXPN", "TURN", "ETRN", "ATRN", "STARTTLS", "AUTH", "BDAT", "SEND", "SOML", "SAML",
+    "EXPN", "TURN", "ETRN", "ATRN", "STARTTLS", "AUTH", "SEND", "SOML", "SAML",
 ];
 const HTTP_VERBS: &[&str] = &["GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS"];
 
@@ -81,6 +86,7 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         "MAIL" => parse_mail(arg),
         "RCPT" => parse_rcpt(arg),
         "DATA" => no_arg("DATA", Command::Data),
+        "BDAT" => parse_bdat(arg),
         "RSET" => no_arg("RSET", Command::Rset),
         "NOOP" => Ok(Command::Noop),
         "QUIT" => Ok(Command::Quit),
@@ -134,6 +140,23 @@ fn parse_mail(arg: &str) -> Result<Command, ParseError> {
         }
     }
     Ok(Command::Mail { from, params })
+}
+
+fn parse_bdat(arg: &str) -> Result<Command, ParseError> {
+    const USAGE: &str = "BDAT size [LAST]";
+    let mut words = arg.split_whitespace();
+    let size = match words.next() {
+        Some(n) if n.bytes().all(|b| b.is_ascii_digit()) => {
+            n.parse().map_err(|_| ParseError::Syntax(USAGE))?
+        }
+        _ => return Err(ParseError::Syntax(USAGE)),
+    };
+    let last = match (words.next(), words.next()) {
+        (None, _) => false,
+        (Some(word), None) if word.eq_ignore_ascii_case("LAST") => true,
+        _ => return Err(ParseError::Syntax(USAGE)),
+    };
+    Ok(Command::Bdat { size, last })
 }
 
 fn parse_rcpt(arg: &str) -> Result<Command, ParseError> {
@@ -261,6 +284,38 @@ mod tests {
         assert_eq!(parse(b"DATA"), Ok(Command::Data));
         assert_eq!(parse(b"DATA x"), Err(ParseError::Syntax("DATA")));
         assert_eq!(parse(b"RSET x"), Err(ParseError::Syntax("RSET")));
+    }
+
+    #[test]
+    fn bdat_size_and_last() {
+        assert_eq!(
+            parse(b"BDAT 100"),
+            Ok(Command::Bdat {
+                size: 100,
+                last: false
+            })
+        );
+        assert_eq!(
+            parse(b"bdat 0 last"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: true
+            })
+        );
+        for bad in [
+            &b"BDAT"[..],
+            b"BDAT x",
+            b"BDAT -1",
+            b"BDAT 1 FIRST",
+            b"BDAT 1 LAST x",
+            b"BDAT 99999999999999999999999",
+        ] {
+            assert_eq!(
+                parse(bad),
+                Err(ParseError::Syntax("BDAT size [LAST]")),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

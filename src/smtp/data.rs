@@ -1,4 +1,6 @@
 //! The DATA reader: finds `<CRLF>.<CRLF>`, removes dot-stuffing, normalises line ends, caps size.
+//! In chunk mode (BDAT, RFC 3030) there is no dot-stuffing and no terminator: the session
+//! counts the octets and calls `finish` after the last chunk.
 //!
 //! Only a real `<CR><LF>.<CR><LF>` ends a message (invariant 4). A bare CR or bare LF is never a
 //! line end for the terminator or for dot-unstuffing; in the stored content it becomes CRLF
@@ -36,6 +38,8 @@ enum Position {
 
 #[derive(Debug)]
 pub struct DataReader {
+    /// DATA (dot-terminated, dot-stuffed) rather than BDAT chunks.
+    dot_terminated: bool,
     position: Position,
     /// Content bytes counted so far (after unstuffing and normalisation).
     size: u64,
@@ -45,14 +49,35 @@ pub struct DataReader {
 }
 
 impl DataReader {
+    /// A reader for DATA.
     pub fn new(limit: u64, bare_newline: BareNewline) -> DataReader {
         DataReader {
+            dot_terminated: true,
             position: Position::LineStart,
             size: 0,
             limit,
             bare_newline,
             verdict: Verdict::Acceptable,
         }
+    }
+
+    /// A reader for BDAT chunks: the same line-end rules, no dots, no terminator.
+    pub fn chunked(limit: u64, bare_newline: BareNewline) -> DataReader {
+        DataReader {
+            dot_terminated: false,
+            ..DataReader::new(limit, bare_newline)
+        }
+    }
+
+    /// After the last chunk: a pending CR is bare, and a last line without a line end gets
+    /// one, so every stored message ends with CRLF.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        match self.position {
+            Position::TextCr => self.bare_line_end(out),
+            Position::Text | Position::Dot | Position::DotCr => self.keep(b"\r\n", out),
+            Position::LineStart => {}
+        }
+        self.position = Position::LineStart;
     }
 
     pub fn verdict(&self) -> Verdict {
@@ -106,7 +131,7 @@ impl DataReader {
                 self.keep(&[byte], out);
                 self.position = Text;
             }
-            (LineStart, b'.') => self.position = Dot,
+            (LineStart, b'.') if self.dot_terminated => self.position = Dot,
             (LineStart | Text, b'\r') => self.position = TextCr,
             (LineStart | Text, b'\n') => {
                 self.bare_line_end(out);
@@ -269,6 +294,29 @@ mod tests {
         let (_, ended) = reader.feed(b"more\r\n.\r\n", &mut out);
         assert!(ended);
         assert!(out.len() <= 10);
+    }
+
+    #[test]
+    fn chunks_keep_dots_and_normalise_across_chunk_boundaries() {
+        let mut reader = DataReader::chunked(1 << 20, BareNewline::Normalize);
+        let mut out = Vec::new();
+        // CR at the end of one chunk and LF at the start of the next are one CRLF.
+        for chunk in [&b".x\r"[..], b"\n.\r\n", b"bare\nlf\r", b"\nend"] {
+            let (used, ended) = reader.feed(chunk, &mut out);
+            assert_eq!((used, ended), (chunk.len(), false));
+        }
+        reader.finish(&mut out);
+        assert_eq!(out, b".x\r\n.\r\nbare\r\nlf\r\nend\r\n");
+        assert_eq!(reader.verdict(), Verdict::Acceptable);
+    }
+
+    #[test]
+    fn chunk_ending_in_a_bare_cr_is_refused_in_reject_mode() {
+        let mut reader = DataReader::chunked(1 << 20, BareNewline::Reject);
+        let mut out = Vec::new();
+        reader.feed(b"text\r", &mut out);
+        reader.finish(&mut out);
+        assert_eq!(reader.verdict(), Verdict::BareNewline);
     }
 
     #[test]

@@ -88,6 +88,9 @@ impl Reply {
     pub fn start_data() -> Reply {
         Reply::bare(354, vec!["End data with <CR><LF>.<CR><LF>".to_string()])
     }
+    pub fn chunk_received(size: u64) -> Reply {
+        Reply::new(250, "2.0.0", format!("Ok: {size} octets received"))
+    }
     pub fn queued(id: &str) -> Reply {
         Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
     }
@@ -102,7 +105,7 @@ impl Reply {
         Reply::new(
             214,
             "2.0.0",
-            "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+            "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
         )
     }
 
@@ -140,6 +143,9 @@ impl Reply {
     }
     pub fn need_rcpt() -> Reply {
         Reply::new(503, "5.5.1", "Error: need RCPT command")
+    }
+    pub fn bdat_in_progress() -> Reply {
+        Reply::new(503, "5.5.1", "Error: BDAT transaction in progress")
     }
     pub fn no_valid_recipients() -> Reply {
         Reply::new(554, "5.5.1", "Error: no valid recipients")
@@ -252,6 +258,8 @@ mod tests {
             Reply::need_mail(),
             Reply::nested_mail(),
             Reply::need_rcpt(),
+            Reply::bdat_in_progress(),
+            Reply::chunk_received(1),
             Reply::no_valid_recipients(),
             Reply::unknown_parameter("X"),
             Reply::relay_denied("x"),

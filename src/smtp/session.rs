@@ -85,6 +85,16 @@ enum State {
         reader: DataReader,
         aborted: bool,
     },
+    /// A BDAT transaction: `remaining` octets of the current chunk are still to come; at 0
+    /// the next command is read (more BDAT, or RSET). `last` marks the final chunk.
+    Bdat {
+        helo: Helo,
+        reader: DataReader,
+        aborted: bool,
+        chunk: u64,
+        remaining: u64,
+        last: bool,
+    },
     /// `MessageEnd` sent; waiting for `handle_committed`.
     Committing(Helo),
     Closed,
@@ -100,6 +110,8 @@ pub struct Session {
     line: Vec<u8>,
     /// The current line went over the limit: discard up to its LF, then answer 500.
     line_too_long: bool,
+    /// Octets of a refused BDAT chunk still to be read and thrown away.
+    skip: u64,
     errors: u32,
     outputs: VecDeque<Output>,
     /// The last command, escaped and shortened, for log lines.
@@ -123,6 +135,7 @@ impl Session {
             state: State::Fresh,
             line: Vec::with_capacity(128),
             line_too_long: false,
+            skip: 0,
             errors: 0,
             outputs,
             last_command: String::new(),
@@ -140,6 +153,8 @@ impl Session {
     pub fn timeout(&self) -> Timeout {
         match self.state {
             State::Data { .. } => Timeout::Data,
+            State::Bdat { remaining, .. } if remaining > 0 => Timeout::Data,
+            _ if self.skip > 0 => Timeout::Data,
             _ => Timeout::Command,
         }
     }
@@ -157,7 +172,9 @@ impl Session {
             used += match self.state {
                 State::Closed => return input.len(),
                 State::Committing(_) => return used,
+                _ if self.skip > 0 => self.skip_chunk(&input[used..]),
                 State::Data { .. } => self.read_data(&input[used..]),
+                State::Bdat { remaining, .. } if remaining > 0 => self.read_chunk(&input[used..]),
                 _ => self.read_command(&input[used..]),
             };
             self.enforce_error_limit();
@@ -198,7 +215,8 @@ impl Session {
     }
 
     fn abort_message(&mut self) {
-        if let State::Data { aborted: false, .. } = self.state {
+        if let State::Data { aborted: false, .. } | State::Bdat { aborted: false, .. } = self.state
+        {
             self.outputs.push_back(Output::MessageAbort);
         }
     }
@@ -272,6 +290,10 @@ impl Session {
     }
 
     fn handle_command(&mut self, command: Command) {
+        if let Command::Ehlo(_) | Command::Helo(_) | Command::Rset | Command::Quit = command {
+            // These end a BDAT transaction in progress.
+            self.abort_message();
+        }
         let state = std::mem::replace(&mut self.state, State::Closed);
         self.state = match (command, state) {
             (Command::Ehlo(name), _) => {
@@ -303,6 +325,35 @@ impl Session {
                 state
             }
             (Command::Data, State::Mail(helo, tx)) => self.data(helo, tx),
+            (Command::Bdat { size, last }, State::Mail(helo, tx)) => {
+                self.bdat(helo, tx, size, last)
+            }
+            (
+                Command::Bdat { size, last },
+                State::Bdat {
+                    helo,
+                    reader,
+                    aborted,
+                    ..
+                },
+            ) => self.next_chunk(helo, reader, aborted, size, last),
+            (Command::Mail { .. }, state @ State::Bdat { .. }) => {
+                self.reply(Reply::nested_mail());
+                state
+            }
+            (Command::Rcpt(_) | Command::Data, state @ State::Bdat { .. }) => {
+                self.reply(Reply::bdat_in_progress());
+                state
+            }
+            (Command::Bdat { size, .. }, state) => {
+                // The chunk follows regardless: read it, but as nothing.
+                self.skip = size;
+                self.reply(match state {
+                    State::Fresh => Reply::need_helo(),
+                    _ => Reply::need_mail(),
+                });
+                state
+            }
             (Command::Mail { .. } | Command::Rcpt(_) | Command::Data, state) => {
                 self.reply(Reply::need_helo());
                 state
@@ -311,7 +362,10 @@ impl Session {
                 self.reply(Reply::ok());
                 State::Fresh
             }
-            (Command::Rset, State::Ready(helo) | State::Mail(helo, _)) => {
+            (
+                Command::Rset,
+                State::Ready(helo) | State::Mail(helo, _) | State::Bdat { helo, .. },
+            ) => {
                 self.reply(Reply::ok());
                 State::Ready(helo)
             }
@@ -347,6 +401,7 @@ impl Session {
             format!("SIZE {}", self.config.message_size_limit),
             "8BITMIME".into(),
             "ENHANCEDSTATUSCODES".into(),
+            "CHUNKING".into(),
             "SMTPUTF8".into(),
             "HELP".into(),
         ]
@@ -412,14 +467,15 @@ impl Session {
         State::Mail(helo, tx)
     }
 
-    fn data(&mut self, helo: Helo, tx: Transaction) -> State {
+    /// Starts the message of a transaction with recipients (`MessageStart`), or refuses.
+    fn start_message(&mut self, helo: &Helo, tx: Transaction) -> Result<(), Transaction> {
         if tx.recipients.is_empty() {
             self.reply(if tx.refused_recipients > 0 {
                 Reply::no_valid_recipients()
             } else {
                 Reply::need_rcpt()
             });
-            return State::Mail(helo, tx);
+            return Err(tx);
         }
         let protocol = match (helo.extended, tx.params.smtputf8) {
             (false, _) => "SMTP",
@@ -437,11 +493,149 @@ impl Session {
             arrival: 0,
             size: 0,
         }));
+        Ok(())
+    }
+
+    fn data(&mut self, helo: Helo, tx: Transaction) -> State {
+        if let Err(tx) = self.start_message(&helo, tx) {
+            return State::Mail(helo, tx);
+        }
         self.reply(Reply::start_data());
         State::Data {
             helo,
             reader: DataReader::new(self.config.message_size_limit, self.config.bare_newline),
             aborted: false,
+        }
+    }
+
+    fn bdat(&mut self, helo: Helo, tx: Transaction, size: u64, last: bool) -> State {
+        if let Err(tx) = self.start_message(&helo, tx) {
+            self.skip = size;
+            return State::Mail(helo, tx);
+        }
+        let reader = DataReader::chunked(self.config.message_size_limit, self.config.bare_newline);
+        self.next_chunk(helo, reader, false, size, last)
+    }
+
+    /// Expects a chunk of `size` octets; an empty one is complete at once.
+    fn next_chunk(
+        &mut self,
+        helo: Helo,
+        reader: DataReader,
+        aborted: bool,
+        size: u64,
+        last: bool,
+    ) -> State {
+        let state = State::Bdat {
+            helo,
+            reader,
+            aborted,
+            chunk: size,
+            remaining: size,
+            last,
+        };
+        if size == 0 {
+            self.end_chunk(state)
+        } else {
+            state
+        }
+    }
+
+    fn skip_chunk(&mut self, input: &[u8]) -> usize {
+        let n = input
+            .len()
+            .min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+        self.skip -= n as u64;
+        n
+    }
+
+    fn read_chunk(&mut self, input: &[u8]) -> usize {
+        let State::Bdat {
+            reader,
+            aborted,
+            remaining,
+            ..
+        } = &mut self.state
+        else {
+            return 0;
+        };
+        let n = input
+            .len()
+            .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+        *remaining -= n as u64;
+        let mut content = Vec::new();
+        reader.feed(&input[..n], &mut content);
+        let newly_refused = reader.verdict() != Verdict::Acceptable && !*aborted;
+        *aborted |= newly_refused;
+        if !content.is_empty() {
+            self.outputs.push_back(Output::MessageData(content));
+        }
+        if newly_refused {
+            self.outputs.push_back(Output::MessageAbort);
+        }
+        if *remaining == 0 {
+            let state = std::mem::replace(&mut self.state, State::Closed);
+            self.state = self.end_chunk(state);
+        }
+        n
+    }
+
+    /// A chunk is complete: answer it, and after the last one end the message.
+    fn end_chunk(&mut self, state: State) -> State {
+        let State::Bdat {
+            helo,
+            mut reader,
+            mut aborted,
+            chunk,
+            last,
+            ..
+        } = state
+        else {
+            return state;
+        };
+        if last {
+            let mut content = Vec::new();
+            reader.finish(&mut content);
+            if !content.is_empty() && !aborted {
+                self.outputs.push_back(Output::MessageData(content));
+            }
+            if reader.verdict() != Verdict::Acceptable && !aborted {
+                self.outputs.push_back(Output::MessageAbort);
+            }
+            return self.end_message(helo, reader.verdict());
+        }
+        match refusal(reader.verdict()) {
+            None => self.reply(Reply::chunk_received(chunk)),
+            // Every chunk of a refused message is answered with the refusal (RFC 3030 4.2).
+            Some(reply) => {
+                if !aborted {
+                    aborted = true;
+                    self.outputs.push_back(Output::MessageAbort);
+                }
+                self.reply(reply)
+            }
+        }
+        State::Bdat {
+            helo,
+            reader,
+            aborted,
+            chunk,
+            remaining: 0,
+            last,
+        }
+    }
+
+    /// The message is complete: commit it, or refuse it.
+    fn end_message(&mut self, helo: Helo, verdict: Verdict) -> State {
+        match refusal(verdict) {
+            None => {
+                self.outputs.push_back(Output::MessageEnd);
+                State::Committing(helo)
+            }
+            Some(reply) => {
+                self.reply(reply);
+                State::Ready(helo)
+            }
         }
     }
 
@@ -463,25 +657,20 @@ impl Session {
             self.outputs.push_back(Output::MessageAbort);
         }
         if ended {
-            let State::Data { helo, .. } = std::mem::replace(&mut self.state, State::Closed) else {
-                return used;
-            };
-            match verdict {
-                Verdict::Acceptable => {
-                    self.outputs.push_back(Output::MessageEnd);
-                    self.state = State::Committing(helo);
-                }
-                Verdict::TooBig => {
-                    self.state = State::Ready(helo);
-                    self.reply(Reply::message_too_big());
-                }
-                Verdict::BareNewline => {
-                    self.state = State::Ready(helo);
-                    self.reply(Reply::bare_newline());
-                }
+            if let State::Data { helo, .. } = std::mem::replace(&mut self.state, State::Closed) {
+                self.state = self.end_message(helo, verdict);
             }
         }
         used
+    }
+}
+
+/// The reply that refuses a message with this verdict, if any.
+fn refusal(verdict: Verdict) -> Option<Reply> {
+    match verdict {
+        Verdict::Acceptable => None,
+        Verdict::TooBig => Some(Reply::message_too_big()),
+        Verdict::BareNewline => Some(Reply::bare_newline()),
     }
 }
 

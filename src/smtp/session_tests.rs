@@ -489,7 +489,12 @@ proptest! {
     /// Any byte stream, in any chunking: no panic, buffers bounded, replies well-formed.
     #[test]
     fn random_bytes_never_panic_and_stay_bounded(
-        prefix in prop::sample::select(vec!["", "EHLO c\r\n", "EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nDATA\r\n"]),
+        prefix in prop::sample::select(vec![
+            "",
+            "EHLO c\r\n",
+            "EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nDATA\r\n",
+            "EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nBDAT 100\r\n",
+        ]),
         bytes in prop::collection::vec(any::<u8>(), 0..4096),
         chunk in 1usize..300,
     ) {
@@ -508,5 +513,113 @@ proptest! {
         for (_, body) in &t.messages {
             prop_assert!(body.len() as u64 <= config().message_size_limit);
         }
+    }
+}
+
+#[test]
+fn ehlo_advertises_chunking() {
+    assert!(run("EHLO c\r\n").replies[1].contains("250-CHUNKING\r\n"));
+}
+
+#[test]
+fn bdat_chunks_make_one_message_without_dot_handling() {
+    let t = run("EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.org>\r\nBDAT 7\r\n.a\r\nb\r\rBDAT 5 LAST\r\n\n.\r\nxQUIT\r\n");
+    assert_eq!(
+        codes(&t)[1..],
+        [
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.0.0",
+            "250 2.0.0",
+            "221 2.0.0"
+        ]
+    );
+    assert_eq!(t.replies[4], "250 2.0.0 Ok: 7 octets received\r\n");
+    assert_eq!(t.replies[5], "250 2.0.0 Ok: queued as Q1\r\n");
+    // CR at the end of the first chunk + LF at the start of the second is one CRLF; the
+    // bare CR before it became CRLF; the dots are content; a final line end is added.
+    assert_eq!(t.messages[0].1, b".a\r\nb\r\n\r\n.\r\nx\r\n");
+}
+
+#[test]
+fn bdat_zero_last_ends_the_message() {
+    let t = run("EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nBDAT 4\r\nabcdBDAT 0 LAST\r\n");
+    assert_eq!(codes(&t)[3..], ["250 2.0.0", "250 2.0.0"]);
+    assert_eq!(t.messages[0].1, b"abcd\r\n");
+}
+
+#[test]
+fn bdat_out_of_order_is_refused_and_its_octets_skipped() {
+    // The chunk text looks like commands; it must not be read as any.
+    let t = run("BDAT 10\r\nQUIT\r\nQUITEHLO c\r\nMAIL FROM:<>\r\nBDAT 6 LAST\r\nRSET\r\nNOOP\r\n");
+    assert_eq!(
+        codes(&t),
+        [
+            "503 5.5.1",
+            "250 HELP",
+            "250 2.1.0",
+            "503 5.5.1",
+            "250 2.0.0"
+        ]
+    );
+    assert!(!t.closed);
+    assert!(t.messages.is_empty());
+}
+
+#[test]
+fn data_rcpt_and_mail_are_refused_inside_bdat() {
+    let t = run("EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nBDAT 1\r\nxDATA\r\nRCPT TO:<postmaster>\r\nMAIL FROM:<>\r\nBDAT 1 LAST\r\ny");
+    assert_eq!(
+        codes(&t)[3..],
+        [
+            "250 2.0.0",
+            "503 5.5.1",
+            "503 5.5.1",
+            "503 5.5.1",
+            "250 2.0.0"
+        ]
+    );
+    assert_eq!(t.messages[0].1, b"xy\r\n");
+}
+
+#[test]
+fn rset_in_bdat_discards_the_message() {
+    let t = run(
+        "EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nBDAT 3\r\nabcRSET\r\nBDAT 1 LAST\r\nz",
+    );
+    assert_eq!(codes(&t)[3..], ["250 2.0.0", "250 2.0.0", "503 5.5.1"]);
+    assert_eq!(t.aborted, 1);
+    assert!(t.messages.is_empty());
+}
+
+#[test]
+fn bdat_past_the_limit_refuses_every_later_chunk() {
+    let big = "x".repeat(900);
+    let t = run(&format!("EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nBDAT 900\r\n{big}BDAT 900\r\n{big}BDAT 900\r\n{big}BDAT 2 LAST\r\nzzNOOP\r\n"));
+    assert_eq!(
+        codes(&t)[3..],
+        [
+            "250 2.0.0",
+            "552 5.3.4",
+            "552 5.3.4",
+            "552 5.3.4",
+            "250 2.0.0"
+        ]
+    );
+    assert_eq!(t.aborted, 1);
+    assert!(t.messages.is_empty());
+}
+
+#[test]
+fn bdat_dialog_split_at_every_byte_gives_the_same_result() {
+    let input = b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nBDAT 5\r\nab\r\ncBDAT 3 LAST\r\n\nd.QUIT\r\n";
+    let whole = run_with(session(true), input);
+    assert_eq!(whole.messages[0].1, b"ab\r\nc\r\nd.\r\n");
+    for chunk in 1..input.len() {
+        let mut s = session(true);
+        let mut t = Transcript::default();
+        drive(&mut s, input, chunk, &mut t);
+        assert_eq!(t.replies, whole.replies, "chunk {chunk}");
+        assert_eq!(t.messages, whole.messages, "chunk {chunk}");
     }
 }
