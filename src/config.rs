@@ -21,77 +21,26 @@ pub struct Key {
 }
 
 /// Every setting. `hostname`'s empty default means "the system's host name".
+#[rustfmt::skip]
 pub const KEYS: &[Key] = &[
-    Key {
-        name: "listen",
-        default: "127.0.0.1:2525",
-        help: "addresses to listen on (IP:PORT, [IPv6]:PORT), comma-separated",
-    },
-    Key {
-        name: "spool",
-        default: "./spool",
-        help: "spool directory (tmp/, queue/, corrupt/)",
-    },
-    Key {
-        name: "hostname",
-        default: "",
-        help: "our host name in the greeting and Received: headers (default: the system's)",
-    },
-    Key {
-        name: "local_domains",
-        default: "localhost",
-        help: "domains delivered locally, comma-separated (the host name is always one)",
-    },
-    Key {
-        name: "relay_networks",
-        default: "127.0.0.0/8, ::1/128",
-        help: "client networks that may send to any domain",
-    },
-    Key {
-        name: "mailbox_root",
-        default: "./mail",
-        help: "local users are the directories here (each USER/ a Maildir)",
-    },
-    Key {
-        name: "aliases",
-        default: "",
-        help: "aliases file in /etc/aliases form (empty: none)",
-    },
-    Key {
-        name: "message_size_limit",
-        default: "25M",
-        help: "largest message in bytes (K, M, G suffixes)",
-    },
-    Key {
-        name: "max_recipients",
-        default: "100",
-        help: "recipients per message",
-    },
-    Key {
-        name: "max_connections",
-        default: "100",
-        help: "simultaneous SMTP connections",
-    },
-    Key {
-        name: "max_connections_per_ip",
-        default: "20",
-        help: "simultaneous SMTP connections from one client address",
-    },
-    Key {
-        name: "command_timeout",
-        default: "5m",
-        help: "idle time allowed waiting for a command (RFC 5321 4.5.3.2.7)",
-    },
-    Key {
-        name: "data_timeout",
-        default: "3m",
-        help: "idle time allowed inside DATA (RFC 5321 4.5.3.2.5/6)",
-    },
-    Key {
-        name: "bare_newline",
-        default: "normalize",
-        help: "bare CR or LF in message content: normalize (to CRLF) or reject",
-    },
+    Key { name: "listen", default: "127.0.0.1:2525", help: "addresses to listen on (IP:PORT, [IPv6]:PORT), comma-separated" },
+    Key { name: "spool", default: "./spool", help: "spool directory (tmp/, queue/, corrupt/)" },
+    Key { name: "hostname", default: "", help: "our host name in the greeting and Received: headers (default: the system's)" },
+    Key { name: "local_domains", default: "localhost", help: "domains delivered locally, comma-separated (the host name is always one)" },
+    Key { name: "relay_networks", default: "127.0.0.0/8, ::1/128", help: "client networks that may send to any domain" },
+    Key { name: "mailbox_root", default: "./mail", help: "local users are the directories here (each USER/ a Maildir)" },
+    Key { name: "aliases", default: "", help: "aliases file in /etc/aliases form (empty: none)" },
+    Key { name: "message_size_limit", default: "25M", help: "largest message in bytes (K, M, G suffixes)" },
+    Key { name: "max_recipients", default: "100", help: "recipients per message" },
+    Key { name: "max_connections", default: "100", help: "simultaneous SMTP connections" },
+    Key { name: "max_connections_per_ip", default: "20", help: "simultaneous SMTP connections from one client address" },
+    Key { name: "command_timeout", default: "5m", help: "idle time allowed waiting for a command (RFC 5321 4.5.3.2.7)" },
+    Key { name: "data_timeout", default: "3m", help: "idle time allowed inside DATA (RFC 5321 4.5.3.2.5/6)" },
+    Key { name: "bare_newline", default: "normalize", help: "bare CR or LF in message content: normalize (to CRLF) or reject" },
+    Key { name: "delivery_threads", default: "4", help: "messages delivered at once; 0 pauses delivery (mail waits in queue/)" },
+    Key { name: "retry_schedule", default: "5m, 10m, 20m, 40m, 1h, 2h, 4h", help: "delays between delivery attempts; the last one repeats" },
+    Key { name: "max_queue_lifetime", default: "5d", help: "how long undeliverable mail is retried before it bounces" },
+    Key { name: "queue_scan_interval", default: "1m", help: "how often queue/ is scanned for files other programs put there" },
 ];
 
 #[derive(Debug)]
@@ -111,6 +60,11 @@ pub struct Config {
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub bare_newline: BareNewline,
+    pub delivery_threads: usize,
+    /// Never empty.
+    pub retry_schedule: Vec<Duration>,
+    pub max_queue_lifetime: Duration,
+    pub queue_scan_interval: Duration,
 }
 
 /// Where a value came from, for error messages.
@@ -257,6 +211,19 @@ impl RawConfig {
                 "reject" => Ok(BareNewline::Reject),
                 _ => Err(format!("'{v}' is not 'normalize' or 'reject'")),
             })?,
+            delivery_threads: self.get("delivery_threads", |v| {
+                v.parse()
+                    .map_err(|_| format!("'{v}' is not a whole number"))
+            })?,
+            retry_schedule: self.get("retry_schedule", |v| {
+                let delays = list(v).map(duration).collect::<Result<Vec<_>, _>>()?;
+                match delays.is_empty() {
+                    true => Err("at least one delay is needed".into()),
+                    false => Ok(delays),
+                }
+            })?,
+            max_queue_lifetime: self.get("max_queue_lifetime", duration)?,
+            queue_scan_interval: self.get("queue_scan_interval", duration)?,
         })
     }
 
@@ -384,6 +351,10 @@ mod tests {
             (100, 100, 20)
         );
         assert_eq!(c.hostname, "host.example");
+        assert_eq!(c.delivery_threads, 4);
+        assert_eq!(c.retry_schedule.len(), 7);
+        assert_eq!(c.retry_schedule[4], Duration::from_secs(3600));
+        assert_eq!(c.max_queue_lifetime, Duration::from_secs(5 * 86_400));
         assert_eq!(c.local_domains, ["localhost", "host.example"]);
         assert_eq!(c.command_timeout, Duration::from_secs(300));
         assert_eq!(c.data_timeout, Duration::from_secs(180));
@@ -437,6 +408,12 @@ mod tests {
         assert!(build("bare_newline = accept")
             .unwrap_err()
             .contains("bare_newline"));
+        assert!(build("retry_schedule = 1m, soon")
+            .unwrap_err()
+            .contains("retry_schedule: 'soon'"));
+        assert!(build("retry_schedule =")
+            .unwrap_err()
+            .contains("at least one delay"));
         assert!(build("just words")
             .unwrap_err()
             .contains("expected 'key = value'"));

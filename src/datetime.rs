@@ -1,5 +1,15 @@
-//! Calendar formatting of Unix times, UTC only: RFC 5322 dates for headers and ISO 8601 for
+//! The clock in Unix seconds, and calendar formatting of Unix times, UTC only: RFC 5322 dates for headers and ISO 8601 for
 //! humans. A few lines of civil-date arithmetic instead of a date crate.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The current Unix time in seconds (0 if the clock is before 1970).
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
 const MONTHS: [&str; 12] = [

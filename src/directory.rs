@@ -3,7 +3,7 @@
 //! Kept in memory and reloaded when either changes (checked by modification time at each new
 //! connection), so adding a user or an alias needs no restart.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,7 +20,26 @@ pub struct Directory {
 
 struct Cache {
     stamp: Stamp,
+    /// Users and alias names, for RCPT checks.
     names: Arc<HashSet<String>>,
+    table: Arc<LocalTable>,
+}
+
+/// Local users and aliases, lower-case, for delivery.
+#[derive(Debug, Default)]
+pub struct LocalTable {
+    pub users: HashSet<String>,
+    pub aliases: HashMap<String, Vec<String>>,
+}
+
+impl LocalTable {
+    fn names(&self) -> HashSet<String> {
+        self.users
+            .iter()
+            .chain(self.aliases.keys())
+            .cloned()
+            .collect()
+    }
 }
 
 type Stamp = (Option<SystemTime>, Option<SystemTime>);
@@ -47,13 +66,15 @@ impl Directory {
             cache: Mutex::new(Cache {
                 stamp: (None, None),
                 names: Arc::default(),
+                table: Arc::default(),
             }),
         };
-        let names = directory.read_names()?;
+        let table = directory.read_table()?;
         if let Ok(mut cache) = directory.cache.lock() {
             *cache = Cache {
                 stamp: directory.stamp(),
-                names: Arc::new(names),
+                names: Arc::new(table.names()),
+                table: Arc::new(table),
             };
         }
         Ok(directory)
@@ -68,31 +89,47 @@ impl Directory {
 
     /// Lower-case user and alias names, reloaded if the mailbox root or aliases file changed.
     pub fn names(&self) -> Arc<HashSet<String>> {
+        self.refreshed(|cache| Arc::clone(&cache.names))
+    }
+
+    /// Users and aliases, reloaded as `names` is.
+    pub fn table(&self) -> Arc<LocalTable> {
+        self.refreshed(|cache| Arc::clone(&cache.table))
+    }
+
+    fn refreshed<T: Default>(&self, get: impl FnOnce(&Cache) -> T) -> T {
         let Ok(mut cache) = self.cache.lock() else {
-            return Arc::default();
+            return T::default();
         };
         let stamp = self.stamp();
         if stamp != cache.stamp {
-            match self.read_names() {
-                Ok(names) => {
-                    log::info!("local recipients reloaded: {} names", names.len());
-                    cache.names = Arc::new(names);
+            match self.read_table() {
+                Ok(table) => {
+                    log::info!(
+                        "local recipients reloaded: {} users, {} aliases",
+                        table.users.len(),
+                        table.aliases.len()
+                    );
+                    cache.names = Arc::new(table.names());
+                    cache.table = Arc::new(table);
                 }
                 // Keep serving with what we had; say why once per change.
                 Err(e) => log::error!("local recipients not reloaded: {e}"),
             }
             cache.stamp = stamp;
         }
-        Arc::clone(&cache.names)
+        get(&cache)
     }
 
-    fn read_names(&self) -> Result<HashSet<String>, DirectoryError> {
-        let mut names = HashSet::new();
+    fn read_table(&self) -> Result<LocalTable, DirectoryError> {
+        let mut table = LocalTable::default();
         // A missing mailbox root simply means no users yet.
         if let Ok(entries) = fs::read_dir(&self.mailbox_root) {
             for entry in entries.flatten() {
                 if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    names.insert(entry.file_name().to_string_lossy().to_lowercase());
+                    table
+                        .users
+                        .insert(entry.file_name().to_string_lossy().to_lowercase());
                 }
             }
         }
@@ -100,12 +137,12 @@ impl Directory {
             let text = fs::read_to_string(path).map_err(|e| {
                 DirectoryError(format!("cannot read aliases file {}: {e}", path.display()))
             })?;
-            let table = aliases::parse(&text).map_err(|e| {
+            let aliases = aliases::parse(&text).map_err(|e| {
                 DirectoryError(format!("{}:{}: {}", path.display(), e.line, e.what))
             })?;
-            names.extend(table.into_iter().map(|alias| alias.name));
+            table.aliases = aliases.into_iter().map(|a| (a.name, a.targets)).collect();
         }
-        Ok(names)
+        Ok(table)
     }
 }
 
@@ -124,6 +161,7 @@ mod tests {
         let names = d.names();
         assert!(names.contains("alice") && names.contains("root"));
         assert!(!names.contains("not-a-user"));
+        assert_eq!(d.table().aliases["root"], ["alice"]);
         fs::create_dir(dir.join("mail/bob")).unwrap();
         // The mailbox root's mtime changed with the new directory.
         assert!(d.names().contains("bob"));

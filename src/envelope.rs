@@ -2,7 +2,7 @@
 //!
 //! One `Field: value` a line, `Version: 1` first; each `Rcpt:` line opens a recipient block
 //! that the following `Status:`, `Attempts:`, `Next-Attempt:` and `Last-Reply:` lines belong
-//! to. Plain enough that `cat spool/queue/ID.env` answers "where is my mail?". Owns the format
+//! to (`Reported: yes` once a failure has been reported to the sender). Plain enough that `cat spool/queue/ID.env` answers "where is my mail?". Owns the format
 //! only: reading and writing files is `spool.rs`.
 
 use std::fmt::{self, Write as _};
@@ -17,7 +17,8 @@ pub const VERSION: &str = "1";
 pub struct Envelope {
     pub reverse_path: ReversePath,
     pub recipients: Vec<Recipient>,
-    pub client: SocketAddr,
+    /// The SMTP client; `None` for messages made here (delivery status notifications).
+    pub client: Option<SocketAddr>,
     pub helo: String,
     /// `SMTP`, `ESMTP` or `UTF8SMTP`, as in the Received: header.
     pub protocol: String,
@@ -39,6 +40,8 @@ pub struct Recipient {
     /// Unix time of the next delivery attempt; 0 is "as soon as possible".
     pub next_attempt: u64,
     pub last_reply: Option<String>,
+    /// A failure's delivery status notification is queued (or none was due).
+    pub reported: bool,
 }
 
 impl Recipient {
@@ -49,6 +52,16 @@ impl Recipient {
             attempts: 0,
             next_attempt: 0,
             last_reply: None,
+            reported: false,
+        }
+    }
+
+    /// Nothing more to do for this recipient.
+    pub fn is_done(&self) -> bool {
+        match self.status {
+            Status::Pending => false,
+            Status::Delivered => true,
+            Status::Failed => self.reported,
         }
     }
 }
@@ -101,7 +114,11 @@ impl Envelope {
             self.arrival,
             datetime::iso8601(self.arrival)
         );
-        let _ = writeln!(out, "Client: {}", self.client);
+        match self.client {
+            Some(client) => writeln!(out, "Client: {client}"),
+            None => writeln!(out, "Client: local"),
+        }
+        .ok();
         let _ = writeln!(out, "Helo: {}", one_line(&self.helo));
         let _ = writeln!(out, "Protocol: {}", self.protocol);
         let _ = writeln!(out, "From: {}", self.reverse_path);
@@ -128,6 +145,9 @@ impl Envelope {
             if let Some(reply) = &rcpt.last_reply {
                 let _ = writeln!(out, "Last-Reply: {}", one_line(reply));
             }
+            if rcpt.reported {
+                let _ = writeln!(out, "Reported: yes");
+            }
         }
         out
     }
@@ -152,7 +172,10 @@ impl Envelope {
             let current = recipients.last_mut();
             match (key, current) {
                 ("Arrival", _) => fields.arrival = Some(number()?),
-                ("Client", _) => fields.client = Some(value.parse().map_err(|_| bad("address"))?),
+                ("Client", _) if value == "local" => fields.client = Some(None),
+                ("Client", _) => {
+                    fields.client = Some(Some(value.parse().map_err(|_| bad("address"))?))
+                }
                 ("Helo", _) => fields.helo = Some(value.to_string()),
                 ("Protocol", _) => fields.protocol = Some(value.to_string()),
                 ("From", _) => {
@@ -194,6 +217,7 @@ impl Envelope {
                 }
                 ("Next-Attempt", Some(rcpt)) => rcpt.next_attempt = number()?,
                 ("Last-Reply", Some(rcpt)) => rcpt.last_reply = Some(value.to_string()),
+                ("Reported", Some(rcpt)) if value == "yes" => rcpt.reported = true,
                 _ => return Err(err(n, format!("unexpected field '{key}'"))),
             }
         }
@@ -218,7 +242,7 @@ impl Envelope {
 #[derive(Default)]
 struct Fields {
     arrival: Option<u64>,
-    client: Option<SocketAddr>,
+    client: Option<Option<SocketAddr>>,
     helo: Option<String>,
     protocol: Option<String>,
     from: Option<ReversePath>,
@@ -262,9 +286,10 @@ mod tests {
                     attempts: 3,
                     next_attempt: 1_800_000_000,
                     last_reply: Some("550 5.1.1 no such user".into()),
+                    reported: true,
                 },
             ],
-            client: "[::1]:2525".parse().unwrap(),
+            client: Some("[::1]:2525".parse().unwrap()),
             helo: "client.example".into(),
             protocol: "ESMTP".into(),
             eight_bit: true,
@@ -279,6 +304,15 @@ mod tests {
         let env = sample();
         let text = env.to_text();
         assert!(text.starts_with("Version: 1\nArrival: 1764021507 (2025-11-24T21:58:27Z)\n"));
+        assert_eq!(Envelope::parse(&text), Ok(env));
+    }
+
+    #[test]
+    fn local_messages_have_no_client_address() {
+        let mut env = sample();
+        env.client = None;
+        let text = env.to_text();
+        assert!(text.contains("Client: local\n"));
         assert_eq!(Envelope::parse(&text), Ok(env));
     }
 

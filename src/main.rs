@@ -6,6 +6,7 @@
 mod aliases;
 mod config;
 mod datetime;
+mod delivery;
 mod directory;
 mod envelope;
 mod log;
@@ -148,12 +149,14 @@ fn start(config: Arc<Config>) -> Result<(), String> {
         ::log::info!("listening on {bound}");
         listeners.push(listener);
     }
-    // Delivery (the next stage) takes ids from this channel; until it exists, mail waits in
-    // queue/ and the receiver is simply held.
-    let (queued, _waiting_for_delivery) = crossbeam_channel::unbounded();
-    for id in &recovery.queued {
-        let _ = queued.send(id.clone());
-    }
+    let directory = Arc::new(directory);
+    let queued = delivery::start(
+        Arc::clone(&config),
+        Arc::clone(&spool),
+        Arc::clone(&directory),
+        recovery.queued.clone(),
+    )
+    .map_err(|e| format!("cannot start delivery threads: {e}"))?;
     ::log::info!(
         "postilion {VERSION} started as {}: spool {}, {} queued, {} debris removed, {} quarantined",
         config.hostname,
@@ -162,7 +165,7 @@ fn start(config: Arc<Config>) -> Result<(), String> {
         recovery.debris_removed,
         recovery.quarantined
     );
-    let server = server::Server::new(Arc::clone(&config), spool, Arc::new(directory), queued);
+    let server = server::Server::new(Arc::clone(&config), spool, directory, queued);
     Arc::new(server).run(listeners);
     Ok(())
 }

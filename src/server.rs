@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
@@ -251,13 +251,6 @@ struct Connection<'a> {
     messages: usize,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl Connection<'_> {
     /// Serves until the session closes or the socket fails; says how it ended.
     fn run(&mut self) -> String {
@@ -352,7 +345,7 @@ impl Connection<'_> {
     }
 
     fn start_message(&mut self, mut envelope: Envelope) {
-        envelope.arrival = unix_now();
+        envelope.arrival = crate::datetime::now();
         self.message = match self.server.spool.incoming() {
             Ok(mut incoming) => {
                 let header = received::header(

@@ -1,4 +1,5 @@
-//! The on-disk queue: commit, recover at start. The only code that writes the spool.
+//! The on-disk queue: commit, recover at start, load, update, remove. The only code that
+//! writes the spool.
 //!
 //! `tmp/` holds messages being written; `queue/` holds `ID.msg` (immutable) and `ID.env`
 //! (the envelope); `corrupt/` holds what could not be read. A commit writes both files in
@@ -182,6 +183,59 @@ impl Spool {
         sync_dir(&self.queue)
     }
 
+    /// Ids in `queue/` (those with an envelope), for the periodic scan.
+    pub fn queued_ids(&self) -> Result<Vec<String>, SpoolError> {
+        let mut ids: Vec<String> = list(&self.queue)?
+            .into_iter()
+            .filter_map(|name| name.strip_suffix(".env").map(str::to_string))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The message file of a queued id.
+    pub fn message_path(&self, id: &str) -> PathBuf {
+        self.queue.join(format!("{id}.msg"))
+    }
+
+    /// Reads a queued envelope. An unreadable one is moved to `corrupt/` with its message.
+    pub fn load(&self, id: &str) -> Result<Envelope, SpoolError> {
+        let path = self.queue.join(format!("{id}.env"));
+        let text = fs::read_to_string(&path).map_err(io_error("read", &path))?;
+        Envelope::parse(&text).map_err(|e| {
+            let names = [format!("{id}.env"), format!("{id}.msg")];
+            let _ = self.quarantine(
+                &[&names[0], &names[1]],
+                &e.to_string(),
+                &mut Recovery::default(),
+            );
+            io_error("parse", &path)(io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+        })
+    }
+
+    /// Replaces an envelope atomically: write to `tmp/`, fsync, rename, fsync `queue/`.
+    pub fn update(&self, id: &str, envelope: &Envelope) -> Result<(), SpoolError> {
+        let tmp = self.tmp.join(format!("{id}.env.{}", new_id()));
+        let result = write_synced(&tmp, envelope.to_text().as_bytes()).and_then(|()| {
+            let path = self.queue.join(format!("{id}.env"));
+            fs::rename(&tmp, &path).map_err(io_error("rename", &tmp))?;
+            sync_dir(&self.queue)
+        });
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Removes a finished message: envelope first, so it is never half-queued.
+    pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
+        for name in [format!("{id}.env"), format!("{id}.msg")] {
+            let path = self.queue.join(name);
+            fs::remove_file(&path).map_err(io_error("remove", &path))?;
+        }
+        Ok(())
+    }
+
     /// Starts a new message in `tmp/` under a fresh queue id.
     pub fn incoming(&self) -> Result<Incoming<'_>, SpoolError> {
         let id = new_id();
@@ -340,7 +394,7 @@ mod tests {
         Envelope {
             reverse_path: ReversePath::Null,
             recipients: vec![Recipient::pending(ForwardPath::Postmaster)],
-            client: "127.0.0.1:1".parse().unwrap(),
+            client: Some("127.0.0.1:1".parse().unwrap()),
             helo: "h".into(),
             protocol: "ESMTP".into(),
             eight_bit: false,
@@ -404,6 +458,35 @@ mod tests {
         let mut corrupt = list(&dir.join("corrupt")).unwrap();
         corrupt.sort();
         assert_eq!(corrupt, ["2.M1P1Q1.env", "2.M1P1Q1.msg", "3.M1P1Q1.msg"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn load_update_remove() {
+        let dir = temp_dir("update");
+        let spool = Spool::open(&dir).unwrap();
+        let mut incoming = spool.incoming().unwrap();
+        incoming.write(b"x\r\n");
+        let mut env = envelope();
+        let id = incoming.commit(&mut env).unwrap().id().to_string();
+        assert_eq!(spool.queued_ids().unwrap(), std::slice::from_ref(&id));
+        env.recipients[0].attempts = 3;
+        spool.update(&id, &env).unwrap();
+        assert_eq!(spool.load(&id).unwrap(), env);
+        assert!(list(&dir.join("tmp")).unwrap().is_empty());
+        spool.remove(&id).unwrap();
+        assert!(list(&dir.join("queue")).unwrap().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unreadable_envelope_is_quarantined_on_load() {
+        let dir = temp_dir("loadbad");
+        let spool = Spool::open(&dir).unwrap();
+        fs::write(dir.join("queue/9.M1P1Q1.env"), b"Version: 7\n").unwrap();
+        fs::write(dir.join("queue/9.M1P1Q1.msg"), b"m").unwrap();
+        assert!(spool.load("9.M1P1Q1").is_err());
+        assert_eq!(list(&dir.join("corrupt")).unwrap().len(), 2);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -13,7 +13,7 @@ const MAX_DOMAIN: usize = 255;
 const MAX_PATH: usize = 256;
 
 /// A mailbox `local@domain`, the local part kept exactly as written (quotes included).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Mailbox {
     pub local: String,
     pub domain: String,

@@ -18,11 +18,10 @@ pub fn header(envelope: &Envelope, hostname: &str, id: &str, now: u64) -> String
             }
         })
         .collect();
-    let ip = envelope.client.ip().to_canonical();
-    let literal = if ip.is_ipv6() {
-        format!("[IPv6:{ip}]")
-    } else {
-        format!("[{ip}]")
+    let literal = match envelope.client.map(|c| c.ip().to_canonical()) {
+        Some(ip) if ip.is_ipv6() => format!("[IPv6:{ip}]"),
+        Some(ip) => format!("[{ip}]"),
+        None => "localhost".to_string(),
     };
     // One recipient is named, as Postfix does; several would leak each other's addresses.
     let recipient = match envelope.recipients.as_slice() {
@@ -47,7 +46,7 @@ mod tests {
         let env = Envelope {
             reverse_path: ReversePath::Null,
             recipients: vec![Recipient::pending(ForwardPath::Postmaster)],
-            client: "[::1]:4000".parse().unwrap(),
+            client: Some("[::1]:4000".parse().unwrap()),
             helo: "client (evil)\r\nX: y".into(),
             protocol: "ESMTP".into(),
             eight_bit: false,

@@ -485,7 +485,7 @@ impl Session {
         self.outputs.push_back(Output::MessageStart(Envelope {
             reverse_path: tx.from,
             recipients: tx.recipients.into_iter().map(Recipient::pending).collect(),
-            client: self.client,
+            client: Some(self.client),
             helo: helo.name.clone(),
             protocol: protocol.into(),
             eight_bit: tx.params.eight_bit,

@@ -65,7 +65,8 @@ pub struct Server {
     pub dir: PathBuf,
 }
 
-/// The standard test set-up: local domain `example.test`, one user `alice`, hostname `mx.test`.
+/// The standard test set-up: local domain `example.test`, one user `alice`, hostname `mx.test`,
+/// delivery paused so that tests of receiving see what was queued.
 pub fn base_args(dir: &Path) -> Vec<String> {
     let mail = dir.join("mail");
     fs::create_dir_all(mail.join("alice")).unwrap();
@@ -80,6 +81,8 @@ pub fn base_args(dir: &Path) -> Vec<String> {
         "mx.test",
         "--local-domains",
         "example.test",
+        "--delivery-threads",
+        "0",
     ]
     .iter()
     .map(|s| s.to_string())

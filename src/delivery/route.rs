@@ -1,0 +1,206 @@
+//! Where a recipient goes: local users (after aliases) or remote mailboxes. Pure: the caller
+//! passes the local domains and the user/alias table.
+//!
+//! Aliases expand recursively, at most `MAX_DEPTH` deep; a name seen twice on one path is a
+//! loop and goes nowhere more. An alias that lists itself means the user of that name, as in
+//! Postfix (`alice: alice, alice@elsewhere.example`).
+
+use std::collections::HashSet;
+
+use crate::directory::LocalTable;
+use crate::smtp::address::{self, ForwardPath, Mailbox};
+
+const MAX_DEPTH: usize = 10;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// A Maildir under `mailbox_root`; the name is lower-case.
+    Local(String),
+    Remote(Mailbox),
+}
+
+/// The routes of one recipient, and what went wrong on the way (unknown names, loops).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Expansion {
+    pub routes: Vec<Route>,
+    pub problems: Vec<String>,
+}
+
+pub fn is_local(domain: &str, local_domains: &[String]) -> bool {
+    local_domains.contains(&domain.to_lowercase())
+}
+
+pub fn resolve(rcpt: &ForwardPath, local_domains: &[String], table: &LocalTable) -> Expansion {
+    let mut expansion = Expansion::default();
+    match rcpt {
+        ForwardPath::Postmaster => expand(
+            "postmaster",
+            0,
+            &mut Vec::new(),
+            local_domains,
+            table,
+            &mut expansion,
+        ),
+        ForwardPath::Mailbox(m) if is_local(&m.domain, local_domains) => {
+            let name = m.local_unquoted().to_lowercase();
+            expand(
+                &name,
+                0,
+                &mut Vec::new(),
+                local_domains,
+                table,
+                &mut expansion,
+            )
+        }
+        ForwardPath::Mailbox(m) => expansion.routes.push(Route::Remote(m.clone())),
+    }
+    let mut seen = HashSet::new();
+    expansion.routes.retain(|r| seen.insert(r.clone()));
+    expansion
+}
+
+fn expand(
+    name: &str,
+    depth: usize,
+    path: &mut Vec<String>,
+    local_domains: &[String],
+    table: &LocalTable,
+    out: &mut Expansion,
+) {
+    if depth > MAX_DEPTH {
+        out.problems.push(format!(
+            "aliases nested deeper than {MAX_DEPTH} at '{name}'"
+        ));
+        return;
+    }
+    if path.iter().any(|seen| seen == name) {
+        out.problems.push(format!("alias loop through '{name}'"));
+        return;
+    }
+    let Some(targets) = table.aliases.get(name) else {
+        if table.users.contains(name) || name == "postmaster" {
+            out.routes.push(Route::Local(name.to_string()));
+        } else {
+            out.problems.push(format!("unknown local user '{name}'"));
+        }
+        return;
+    };
+    path.push(name.to_string());
+    for target in targets {
+        match target.rsplit_once('@') {
+            None if target.eq_ignore_ascii_case(name) => {
+                out.routes.push(Route::Local(name.to_string()))
+            }
+            None => expand(
+                &target.to_lowercase(),
+                depth + 1,
+                path,
+                local_domains,
+                table,
+                out,
+            ),
+            Some((local, domain)) if is_local(domain, local_domains) => {
+                let local = local.to_lowercase();
+                if local == name {
+                    out.routes.push(Route::Local(local));
+                } else {
+                    expand(&local, depth + 1, path, local_domains, table, out);
+                }
+            }
+            Some(_) => match address::parse_mailbox(target) {
+                Ok(mailbox) => out.routes.push(Route::Remote(mailbox)),
+                Err(e) => out
+                    .problems
+                    .push(format!("alias '{name}' has a bad address '{target}': {e}")),
+            },
+        }
+    }
+    path.pop();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::address::parse_forward_path;
+
+    fn table(aliases: &[(&str, &[&str])]) -> LocalTable {
+        LocalTable {
+            users: ["alice", "bob"].iter().map(|s| s.to_string()).collect(),
+            aliases: aliases
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.iter().map(|s| s.to_string()).collect()))
+                .collect(),
+        }
+    }
+
+    fn routes(rcpt: &str, t: &LocalTable) -> Expansion {
+        resolve(
+            &parse_forward_path(rcpt).unwrap().0,
+            &["example.test".to_string()],
+            t,
+        )
+    }
+
+    fn local(name: &str) -> Route {
+        Route::Local(name.into())
+    }
+
+    #[test]
+    fn users_remote_and_postmaster() {
+        let t = table(&[]);
+        assert_eq!(routes("<Alice@Example.Test>", &t).routes, [local("alice")]);
+        assert!(
+            matches!(&routes("<x@elsewhere.test>", &t).routes[..], [Route::Remote(m)] if m.domain == "elsewhere.test")
+        );
+        assert_eq!(routes("<postmaster>", &t).routes, [local("postmaster")]);
+        let unknown = routes("<carol@example.test>", &t);
+        assert!(unknown.routes.is_empty() && unknown.problems[0].contains("carol"));
+    }
+
+    #[test]
+    fn aliases_expand_to_users_and_remote_addresses() {
+        let t = table(&[
+            (
+                "staff",
+                &["alice", "bob@example.test", "ext@elsewhere.test"],
+            ),
+            ("root", &["staff"]),
+        ]);
+        let e = routes("<root@example.test>", &t);
+        assert_eq!(e.routes.len(), 3);
+        assert_eq!(&e.routes[..2], [local("alice"), local("bob")]);
+        assert!(matches!(&e.routes[2], Route::Remote(m) if m.to_string() == "ext@elsewhere.test"));
+        assert!(e.problems.is_empty());
+    }
+
+    #[test]
+    fn an_alias_naming_itself_is_the_user() {
+        let t = table(&[("alice", &["alice", "copy@elsewhere.test"])]);
+        let e = routes("<alice@example.test>", &t);
+        assert_eq!(e.routes[0], local("alice"));
+        assert_eq!(e.routes.len(), 2);
+    }
+
+    #[test]
+    fn loops_and_depth_are_bounded() {
+        let t = table(&[("a", &["b"]), ("b", &["a", "alice"])]);
+        let e = routes("<a@example.test>", &t);
+        assert_eq!(e.routes, [local("alice")]);
+        assert!(e.problems[0].contains("loop"));
+        let chain: Vec<(String, Vec<String>)> = (0..20)
+            .map(|i| (format!("n{i}"), vec![format!("n{}", i + 1)]))
+            .collect();
+        let t = LocalTable {
+            users: Default::default(),
+            aliases: chain.into_iter().collect(),
+        };
+        let e = routes("<n0@example.test>", &t);
+        assert!(e.routes.is_empty() && e.problems[0].contains("deeper"));
+    }
+
+    #[test]
+    fn duplicate_routes_are_merged() {
+        let t = table(&[("both", &["alice", "alice@example.test", "alice"])]);
+        assert_eq!(routes("<both@example.test>", &t).routes, [local("alice")]);
+    }
+}

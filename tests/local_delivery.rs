@@ -1,0 +1,293 @@
+//! Local delivery with the real binary: Maildirs, aliases, retries, expiry, bounces, restarts
+//! and files dropped into queue/ by other programs.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::{queue_id, wait_until, Client, Server, TempDir};
+
+const DELIVER: &[&str] = &[
+    "--delivery-threads",
+    "2",
+    "--retry-schedule",
+    "1s",
+    "--queue-scan-interval",
+    "1s",
+];
+
+fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    DELIVER
+        .iter()
+        .copied()
+        .chain(extra.iter().copied())
+        .collect()
+}
+
+/// The files in a Maildir's new/, read, oldest first.
+fn maildir(user_dir: &Path) -> Vec<String> {
+    let mut files: Vec<_> = fs::read_dir(user_dir.join("new"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .map(|p| String::from_utf8_lossy(&fs::read(p).unwrap()).into_owned())
+        .collect()
+}
+
+fn wait_for_mail(user_dir: &Path, count: usize) -> Vec<String> {
+    wait_until(
+        &format!("{count} message(s) in {}", user_dir.display()),
+        || maildir(user_dir).len() >= count,
+    );
+    maildir(user_dir)
+}
+
+/// Waits for the delivery log line of one recipient with the given status text.
+fn wait_for_status(server: &Server, id: &str, rcpt: &str, status: &str) {
+    let head = format!("{id}: to=<{rcpt}>, relay=local, delay=");
+    let tail = format!("status={status}");
+    wait_until(&format!("{head}... {tail}"), || {
+        server
+            .log_lines()
+            .iter()
+            .any(|l| l.contains(&head) && l.contains(&tail))
+    });
+}
+
+fn send(server: &Server, from: &str, to: &[&str], body: &str) -> String {
+    let mut c = Client::hello(server.addr);
+    queue_id(&c.send_message(
+        from,
+        to,
+        format!("Subject: test\r\n\r\n{body}\r\n").as_bytes(),
+    ))
+}
+
+#[test]
+fn local_user_gets_the_message_in_maildir_new_and_the_queue_empties() {
+    let server = Server::start("maildir", &args(&[]));
+    let id = send(
+        &server,
+        "ann@client.test",
+        &["alice@example.test"],
+        "hello alice\r\n..dot",
+    );
+    let mail = wait_for_mail(&server.mail.join("alice"), 1);
+    let text = &mail[0];
+    assert!(text.starts_with("Return-Path: <ann@client.test>\nDelivered-To: alice@example.test\nReceived: from client.test"), "{text}");
+    assert!(
+        text.ends_with("Subject: test\n\nhello alice\n.dot\n"),
+        "{text:?}"
+    );
+    assert!(!text.contains('\r'));
+    wait_until("the queue to empty", || server.queue_files("").is_empty());
+    wait_for_status(&server, &id, "alice@example.test", "sent");
+    assert!(server.mail.join("alice/cur").is_dir() && server.mail.join("alice/tmp").is_dir());
+}
+
+#[test]
+fn aliases_reach_users_and_queue_remote_targets_on_the_same_message() {
+    let dir = Arc::new(TempDir::new("aliases"));
+    let aliases = dir.0.join("aliases");
+    fs::write(
+        &aliases,
+        "# test aliases\nstaff: alice, bob\nbob: bob, bob@remote.test\n",
+    )
+    .unwrap();
+    fs::create_dir_all(dir.0.join("mail/bob")).unwrap();
+    let aliases_arg = aliases.to_string_lossy().into_owned();
+    let server = Server::start_in(
+        &dir.0,
+        &args(&["--aliases", &aliases_arg]),
+        Some(Arc::clone(&dir)),
+    );
+    let id = send(
+        &server,
+        "ann@client.test",
+        &["staff@example.test"],
+        "to the staff",
+    );
+    assert!(wait_for_mail(&server.mail.join("alice"), 1)[0].contains("to the staff"));
+    assert!(wait_for_mail(&server.mail.join("bob"), 1)[0].contains("to the staff"));
+    // bob's remote copy is now a recipient of the same message, waiting for remote delivery.
+    wait_until("the remote target in the envelope", || {
+        server.queue_files(".env").len() == 1
+            && server
+                .queued_envelope(&id)
+                .contains("Rcpt: <bob@remote.test>\nStatus: pending\nAttempts: 1\n")
+    });
+    let env = server.queued_envelope(&id);
+    assert!(
+        env.contains("Rcpt: <staff@example.test>\nStatus: delivered\nAttempts: 1\n"),
+        "{env}"
+    );
+}
+
+/// Parses a DSN enough to check it: its parts and fields.
+fn check_dsn(dsn: &str, final_recipient: &str, status: &str) {
+    assert!(dsn.contains("Return-Path: <>\n"), "{dsn}");
+    assert!(
+        dsn.contains("Content-Type: multipart/report; report-type=delivery-status;"),
+        "{dsn}"
+    );
+    let boundary = dsn
+        .split("boundary=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let parts: Vec<&str> = dsn.split(&format!("--{boundary}")).collect();
+    assert_eq!(parts.len(), 5, "preamble, three parts, epilogue: {dsn}");
+    assert!(parts[1].contains("Content-Type: text/plain"));
+    assert!(parts[2].contains("Content-Type: message/delivery-status"));
+    assert!(
+        parts[2].contains(&format!(
+            "Final-Recipient: rfc822; {final_recipient}\nAction: failed\nStatus: {status}\n"
+        )),
+        "{}",
+        parts[2]
+    );
+    assert!(parts[3].contains("Content-Type: text/rfc822-headers"));
+    assert!(parts[3].contains("Subject: test"));
+    assert_eq!(parts[4], "--\n");
+}
+
+#[test]
+fn a_recipient_gone_at_delivery_bounces_to_the_local_sender() {
+    let dir = Arc::new(TempDir::new("bounce"));
+    fs::create_dir_all(dir.0.join("mail/bob")).unwrap();
+    // Accept while carol exists, with delivery paused; remove her; then deliver.
+    fs::create_dir_all(dir.0.join("mail/carol")).unwrap();
+    let server = Server::start_in(&dir.0, &[], Some(Arc::clone(&dir)));
+    let id = send(
+        &server,
+        "bob@example.test",
+        &["carol@example.test", "alice@example.test"],
+        "for two",
+    );
+    drop(server);
+    fs::remove_dir(dir.0.join("mail/carol")).unwrap();
+    let server = Server::start_in(&dir.0, &args(&[]), Some(Arc::clone(&dir)));
+    assert_eq!(wait_for_mail(&server.mail.join("alice"), 1).len(), 1);
+    let dsn = &wait_for_mail(&server.mail.join("bob"), 1)[0];
+    check_dsn(dsn, "carol@example.test", "5.1.1");
+    assert!(dsn.contains(&format!("X-Postilion-Queue-ID: {id}")));
+    server.wait_for_log(&format!(
+        "{id}: to=<carol@example.test>, relay=local, delay="
+    ));
+    wait_until("the queue to empty", || server.queue_files("").is_empty());
+}
+
+#[test]
+fn a_failed_bounce_goes_to_postmaster_and_no_further() {
+    let dir = Arc::new(TempDir::new("doublebounce"));
+    fs::create_dir_all(dir.0.join("mail/carol")).unwrap();
+    let server = Server::start_in(&dir.0, &[], Some(Arc::clone(&dir)));
+    send(&server, "", &["carol@example.test"], "a bounce");
+    drop(server);
+    fs::remove_dir(dir.0.join("mail/carol")).unwrap();
+    let server = Server::start_in(&dir.0, &args(&[]), Some(Arc::clone(&dir)));
+    let dsn = &wait_for_mail(&server.mail.join("postmaster"), 1)[0];
+    assert!(dsn.contains("Subject: Undelivered Mail (a bounce) Returned to Postmaster"));
+    check_dsn(dsn, "carol@example.test", "5.1.1");
+    wait_until("the queue to empty", || server.queue_files("").is_empty());
+    assert_eq!(maildir(&server.mail.join("postmaster")).len(), 1);
+}
+
+#[test]
+fn a_failing_maildir_is_retried_then_delivered_exactly_once() {
+    let server = Server::start("retry", &args(&[]));
+    // new/ is a file: the Maildir cannot be written until it is fixed.
+    let alice = server.mail.join("alice");
+    fs::write(alice.join("new"), b"in the way").unwrap();
+    let id = send(
+        &server,
+        "ann@client.test",
+        &["alice@example.test"],
+        "try again",
+    );
+    wait_for_status(&server, &id, "alice@example.test", "deferred (451 4.3.0");
+    let env = server.queued_envelope(&id);
+    assert!(
+        env.contains("Status: pending\nAttempts: 1\nNext-Attempt: "),
+        "{env}"
+    );
+    assert!(
+        env.contains("Last-Reply: 451 4.3.0 cannot write to the Maildir of alice"),
+        "{env}"
+    );
+    fs::remove_file(alice.join("new")).unwrap();
+    assert_eq!(wait_for_mail(&alice, 1).len(), 1);
+    wait_until("the queue to empty", || server.queue_files("").is_empty());
+    assert_eq!(maildir(&alice).len(), 1);
+}
+
+#[test]
+fn mail_past_the_queue_lifetime_bounces_with_4_4_7() {
+    let dir = Arc::new(TempDir::new("expire"));
+    fs::create_dir_all(dir.0.join("mail/bob")).unwrap();
+    let server = Server::start_in(
+        &dir.0,
+        &args(&["--max-queue-lifetime", "1s"]),
+        Some(Arc::clone(&dir)),
+    );
+    fs::write(dir.0.join("mail/alice/new"), b"in the way").unwrap();
+    send(
+        &server,
+        "bob@example.test",
+        &["alice@example.test"],
+        "too late",
+    );
+    let dsn = &wait_for_mail(&server.mail.join("bob"), 1)[0];
+    check_dsn(dsn, "alice@example.test", "4.4.7");
+    assert!(dsn.contains("message expired"));
+}
+
+#[test]
+fn queued_mail_is_delivered_after_a_restart_and_files_dropped_in_queue_are_found() {
+    let dir = Arc::new(TempDir::new("persist"));
+    let server = Server::start_in(&dir.0, &[], Some(Arc::clone(&dir)));
+    let id = send(
+        &server,
+        "ann@client.test",
+        &["alice@example.test"],
+        "queued before start",
+    );
+    drop(server);
+    // Take the message out of the queue, and put it back while the new server runs.
+    let queue = dir.0.join("spool/queue");
+    let aside = dir.0.join("aside");
+    fs::create_dir_all(&aside).unwrap();
+    for ext in ["msg", "env"] {
+        fs::rename(
+            queue.join(format!("{id}.{ext}")),
+            aside.join(format!("{id}.{ext}")),
+        )
+        .unwrap();
+    }
+    let server = Server::start_in(&dir.0, &args(&[]), Some(Arc::clone(&dir)));
+    let second = send(
+        &server,
+        "ann@client.test",
+        &["alice@example.test"],
+        "queued while running",
+    );
+    assert_eq!(wait_for_mail(&server.mail.join("alice"), 1).len(), 1);
+    for ext in ["msg", "env"] {
+        fs::rename(
+            aside.join(format!("{id}.{ext}")),
+            queue.join(format!("{id}.{ext}")),
+        )
+        .unwrap();
+    }
+    server.wait_for_log(&format!("{id}: found in queue/ by the periodic scan"));
+    let mail = wait_for_mail(&server.mail.join("alice"), 2);
+    assert!(mail.iter().any(|m| m.contains("queued before start")));
+    assert!(mail.iter().any(|m| m.contains("queued while running")));
+    assert_ne!(id, second);
+}
