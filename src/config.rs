@@ -40,6 +40,11 @@ pub const KEYS: &[Key] = &[
     Key { name: "delivery_threads", default: "4", help: "messages delivered at once; 0 pauses delivery (mail waits in queue/)" },
     Key { name: "retry_schedule", default: "5m, 10m, 20m, 40m, 1h, 2h, 4h", help: "delays between delivery attempts; the last one repeats" },
     Key { name: "max_queue_lifetime", default: "5d", help: "how long undeliverable mail is retried before it bounces" },
+    Key { name: "smtp_port", default: "25", help: "port of remote MX hosts" },
+    Key { name: "dns_server", default: "", help: "DNS server as IP:PORT for MX lookups (empty: /etc/resolv.conf)" },
+    Key { name: "smtp_connect_timeout", default: "30s", help: "time allowed to connect to a remote server" },
+    Key { name: "smtp_command_timeout", default: "5m", help: "time allowed for each remote reply (RFC 5321 4.5.3.2.1-4)" },
+    Key { name: "smtp_data_timeout", default: "10m", help: "time allowed to send a message and get the final reply (4.5.3.2.5-6)" },
     Key { name: "queue_scan_interval", default: "1m", help: "how often queue/ is scanned for files other programs put there" },
 ];
 
@@ -65,6 +70,11 @@ pub struct Config {
     pub retry_schedule: Vec<Duration>,
     pub max_queue_lifetime: Duration,
     pub queue_scan_interval: Duration,
+    pub smtp_port: u16,
+    pub dns_server: Option<SocketAddr>,
+    pub smtp_connect_timeout: Duration,
+    pub smtp_command_timeout: Duration,
+    pub smtp_data_timeout: Duration,
 }
 
 /// Where a value came from, for error messages.
@@ -224,6 +234,20 @@ impl RawConfig {
             })?,
             max_queue_lifetime: self.get("max_queue_lifetime", duration)?,
             queue_scan_interval: self.get("queue_scan_interval", duration)?,
+            smtp_port: self.get("smtp_port", |v| match v.parse::<u16>() {
+                Ok(port) if port > 0 => Ok(port),
+                _ => Err(format!("'{v}' is not a port number")),
+            })?,
+            dns_server: self.get("dns_server", |v| match v {
+                "" => Ok(None),
+                _ => v
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| format!("'{v}' is not IP:PORT (like 127.0.0.1:53)")),
+            })?,
+            smtp_connect_timeout: self.get("smtp_connect_timeout", duration)?,
+            smtp_command_timeout: self.get("smtp_command_timeout", duration)?,
+            smtp_data_timeout: self.get("smtp_data_timeout", duration)?,
         })
     }
 

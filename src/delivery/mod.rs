@@ -7,7 +7,9 @@
 //! `spool.rs`. Sessions hand over ids without blocking (an unbounded channel).
 
 pub mod bounce;
+mod client;
 mod maildir;
+mod mx;
 pub mod route;
 pub mod schedule;
 
@@ -27,6 +29,8 @@ use crate::envelope::{Envelope, Recipient, Status};
 use crate::smtp::address::{ForwardPath, ReversePath};
 use crate::spool::Spool;
 use bounce::Failure;
+use client::{Attempt, Timeouts};
+use mx::{Dns, DnsFailure};
 use route::Route;
 use schedule::Schedule;
 
@@ -77,9 +81,20 @@ pub fn start(
         thread::Builder::new()
             .name(format!("delivery-{n}"))
             .spawn(move || {
-                let mut random = seed(n as u64);
+                let dns_timeout = context
+                    .config
+                    .smtp_command_timeout
+                    .min(Duration::from_secs(10));
+                let mut worker = Worker {
+                    dns: Dns::new(context.config.dns_server, dns_timeout),
+                    context,
+                    random: seed(n as u64),
+                };
+                if let Err(e) = &worker.dns {
+                    log::error!("delivery-{n}: no DNS, remote mail will wait: {e}");
+                }
                 for id in work_rx.iter() {
-                    let next = context.work(&id, &mut random);
+                    let next = worker.work(&id);
                     let _ = results.send((id, next));
                 }
             })?;
@@ -158,9 +173,23 @@ fn scheduler(
     }
 }
 
+/// One delivery thread's own state: its resolver and its randomness.
+struct Worker {
+    context: Arc<Context>,
+    dns: Result<Dns, String>,
+    random: u64,
+}
+
+impl Worker {
+    fn work(&mut self, id: &str) -> Option<u64> {
+        let context = Arc::clone(&self.context);
+        context.work(id, self)
+    }
+}
+
 impl Context {
     /// Works on one message; returns when it wants another go, if ever.
-    fn work(&self, id: &str, random: &mut u64) -> Option<u64> {
+    fn work(&self, id: &str, worker: &mut Worker) -> Option<u64> {
         let mut env = match self.spool.load(id) {
             Ok(env) => env,
             Err(e) => {
@@ -177,7 +206,15 @@ impl Context {
         while i < env.recipients.len() {
             if is_due(&env.recipients[i], now) && self.is_local(&env.recipients[i].path) {
                 let outcome = self.deliver_local(&mut env, i, &table, &message);
-                self.record(id, &mut env, &[i], outcome, "local", now, random);
+                self.record(
+                    id,
+                    &mut env,
+                    &[i],
+                    &[outcome],
+                    "local",
+                    now,
+                    &mut worker.random,
+                );
                 if !self.save(id, &env) {
                     return Some(now + SPOOL_RETRY);
                 }
@@ -193,10 +230,16 @@ impl Context {
             }
         }
         for (domain, indexes) in domains {
-            let outcome = Outcome::Deferred(format!(
-                "451 4.4.0 remote delivery to {domain} is not available in this version"
-            ));
-            self.record(id, &mut env, &indexes, outcome, "none", now, random);
+            let (outcomes, relay) = self.deliver_remote(&env, &domain, &indexes, &message, worker);
+            self.record(
+                id,
+                &mut env,
+                &indexes,
+                &outcomes,
+                &relay,
+                now,
+                &mut worker.random,
+            );
             if !self.save(id, &env) {
                 return Some(now + SPOOL_RETRY);
             }
@@ -290,14 +333,90 @@ impl Context {
         Outcome::Delivered(format!("250 2.0.0 delivered to {}", delivered.join(", ")))
     }
 
-    /// Applies one outcome to the recipients at `indexes` and logs each, Postfix style.
+    /// One transaction per domain: MX hosts in order, each address in turn, until a server
+    /// takes the transaction. Returns an outcome per recipient and the relay that answered.
+    fn deliver_remote(
+        &self,
+        env: &Envelope,
+        domain: &str,
+        indexes: &[usize],
+        message: &std::path::Path,
+        worker: &mut Worker,
+    ) -> (Vec<Outcome>, String) {
+        let all = |outcome: Outcome| vec![outcome; indexes.len()];
+        let none = || "none".to_string();
+        let dns = match &worker.dns {
+            Ok(dns) => dns,
+            Err(e) => {
+                return (
+                    all(Outcome::Deferred(format!("451 4.4.3 no DNS resolver: {e}"))),
+                    none(),
+                )
+            }
+        };
+        let hosts = match dns.mx_hosts(domain, next_random(&mut worker.random)) {
+            Ok(hosts) => hosts,
+            Err(DnsFailure::NullMx) => {
+                let why = format!("556 5.1.10 {domain} accepts no mail (null MX)");
+                return (all(Outcome::Failed(why)), none());
+            }
+            Err(DnsFailure::NoSuchDomain(why)) => {
+                return (all(Outcome::Failed(format!("550 5.1.2 {why}"))), none())
+            }
+            Err(DnsFailure::Temporary(why)) => {
+                return (all(Outcome::Deferred(format!("451 4.4.3 {why}"))), none())
+            }
+        };
+        let recipients: Vec<ForwardPath> = indexes
+            .iter()
+            .map(|&i| env.recipients[i].path.clone())
+            .collect();
+        let message = client::Message {
+            from: &env.reverse_path,
+            recipients: &recipients,
+            path: message,
+            size: env.size,
+            eight_bit: env.eight_bit,
+            smtputf8: env.smtputf8,
+        };
+        let timeouts = Timeouts {
+            connect: self.config.smtp_connect_timeout,
+            command: self.config.smtp_command_timeout,
+            data: self.config.smtp_data_timeout,
+        };
+        let mut last = None;
+        for host in &hosts {
+            for ip in &host.addrs {
+                let port = self.config.smtp_port;
+                let relay = format!("{}[{ip}]:{port}", host.name);
+                match client::deliver(
+                    std::net::SocketAddr::new(*ip, port),
+                    &self.config.hostname,
+                    &message,
+                    timeouts,
+                ) {
+                    Attempt::Done(outcomes) => return (outcomes, relay),
+                    Attempt::NextServer(why) => {
+                        log::info!("{domain}: {relay} not used: {why}");
+                        last = Some(why);
+                    }
+                }
+            }
+        }
+        let why = last.unwrap_or_else(|| "no address to try".into());
+        let deferred = format!("451 4.4.1 no MX host of {domain} took the mail: {why}");
+        (all(Outcome::Deferred(deferred)), none())
+    }
+
+    /// Applies the outcomes (one per recipient at `indexes`, or one for all) and logs each,
+    /// Postfix style.
     #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
         id: &str,
         env: &mut Envelope,
         indexes: &[usize],
-        outcome: Outcome,
+        outcomes: &[Outcome],
         relay: &str,
         now: u64,
         random: &mut u64,
@@ -307,10 +426,10 @@ impl Context {
             >= env
                 .arrival
                 .saturating_add(self.config.max_queue_lifetime.as_secs());
-        for &i in indexes {
+        for (&i, outcome) in indexes.iter().zip(outcomes.iter().cycle()) {
             let rcpt = &mut env.recipients[i];
             rcpt.attempts += 1;
-            let (status, text) = match &outcome {
+            let (status, text) = match outcome {
                 Outcome::Delivered(reply) => {
                     rcpt.status = Status::Delivered;
                     ("sent", reply.clone())

@@ -3,6 +3,9 @@
 //! observable condition under a deadline. A failed test's directory is kept for a look.
 #![allow(dead_code)]
 
+pub mod dns;
+pub mod sink;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -83,6 +86,9 @@ pub fn base_args(dir: &Path) -> Vec<String> {
         "example.test",
         "--delivery-threads",
         "0",
+        // Never the system's resolver: tests talk to loopback only. Nothing answers here.
+        "--dns-server",
+        "127.0.0.1:1",
     ]
     .iter()
     .map(|s| s.to_string())

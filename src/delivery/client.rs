@@ -1,0 +1,463 @@
+//! The SMTP client: one transaction with one server for the recipients of one domain.
+//!
+//! EHLO (HELO if refused), SIZE checked before sending, PIPELINING when offered, dot-stuffing,
+//! a reply per recipient. 2xx delivers, 4xx defers, 5xx fails; a connection lost before the
+//! final reply defers whatever was still open. A server that cannot be used at all (refused
+//! connection, time-out, a greeting other than 220) is reported so the caller tries the next.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use super::Outcome;
+use crate::smtp::address::{ForwardPath, ReversePath};
+
+/// A hostile server cannot make us hold more than this for one reply.
+const MAX_REPLY_LINE: u64 = 4096;
+const MAX_REPLY_LINES: usize = 100;
+
+/// RFC 5321 4.5.3.2 client time-outs.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Greeting, EHLO, MAIL, RCPT, DATA and QUIT replies.
+    pub command: Duration,
+    /// Sending the message and waiting for the final reply.
+    pub data: Duration,
+}
+
+/// What to send: the envelope and the queued message file.
+pub struct Message<'a> {
+    pub from: &'a ReversePath,
+    pub recipients: &'a [ForwardPath],
+    pub path: &'a Path,
+    pub size: u64,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// This server could not be used; the reason. The caller tries the next one.
+    NextServer(String),
+    /// The transaction ran: one outcome per recipient, in order.
+    Done(Vec<Outcome>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerReply {
+    pub code: u16,
+    /// The lines' texts, joined with a space.
+    pub text: String,
+    /// Each line's text, for EHLO keywords.
+    pub lines: Vec<String>,
+}
+
+impl ServerReply {
+    fn class(&self) -> u16 {
+        self.code / 100
+    }
+
+    /// `550 5.1.1 text` for logs and envelopes.
+    fn summary(&self) -> String {
+        format!("{} {}", self.code, self.text)
+    }
+
+    /// The outcome this reply gives to what it answers.
+    fn outcome(&self, context: &str) -> Outcome {
+        let text = format!("{} (in reply to {context})", self.summary());
+        match self.class() {
+            2 | 3 => Outcome::Delivered(text),
+            4 => Outcome::Deferred(text),
+            _ => Outcome::Failed(text),
+        }
+    }
+}
+
+/// The ESMTP extensions we use, from an EHLO reply.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Extensions {
+    pub pipelining: bool,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+    /// `SIZE n`; `Some(0)` means "no fixed limit".
+    pub size: Option<u64>,
+}
+
+pub fn extensions(ehlo: &ServerReply) -> Extensions {
+    let mut ext = Extensions::default();
+    for line in ehlo.lines.iter().skip(1) {
+        let mut words = line.split_whitespace();
+        match words.next().map(str::to_ascii_uppercase).as_deref() {
+            Some("PIPELINING") => ext.pipelining = true,
+            Some("8BITMIME") => ext.eight_bit = true,
+            Some("SMTPUTF8") => ext.smtputf8 = true,
+            Some("SIZE") => ext.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+            _ => {}
+        }
+    }
+    ext
+}
+
+struct Connection {
+    reader: BufReader<TcpStream>,
+    writer: BufWriter<TcpStream>,
+}
+
+impl Connection {
+    fn send(&mut self, line: &str) -> io::Result<()> {
+        self.writer.write_all(line.as_bytes())?;
+        self.writer.write_all(b"\r\n")
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+
+    fn timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        self.reader.get_ref().set_read_timeout(Some(timeout))?;
+        self.writer.get_ref().set_write_timeout(Some(timeout))
+    }
+
+    /// Reads one reply, possibly multi-line, bounded in size.
+    fn reply(&mut self) -> io::Result<ServerReply> {
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+        let mut lines = Vec::new();
+        let mut code = 0;
+        loop {
+            let mut raw = Vec::new();
+            (&mut self.reader)
+                .take(MAX_REPLY_LINE)
+                .read_until(b'\n', &mut raw)?;
+            if raw.is_empty() {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let line = String::from_utf8_lossy(&raw);
+            let line = line.trim_end_matches(['\r', '\n']);
+            let this: u16 = line
+                .get(..3)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| bad("malformed reply"))?;
+            if !(200..600).contains(&this) || (code != 0 && this != code) {
+                return Err(bad("malformed reply code"));
+            }
+            code = this;
+            lines.push(line.get(4..).unwrap_or("").to_string());
+            match line.as_bytes().get(3) {
+                Some(b'-') if lines.len() < MAX_REPLY_LINES => {}
+                Some(b'-') => return Err(bad("reply too long")),
+                _ => break,
+            }
+        }
+        Ok(ServerReply {
+            code,
+            text: lines.join(" "),
+            lines,
+        })
+    }
+}
+
+/// One transaction with the server at `addr`, which we greet as `helo`.
+pub fn deliver(addr: SocketAddr, helo: &str, message: &Message, timeouts: Timeouts) -> Attempt {
+    let stream = match TcpStream::connect_timeout(&addr, timeouts.connect) {
+        Ok(stream) => stream,
+        Err(e) => return Attempt::NextServer(format!("connect to {addr}: {e}")),
+    };
+    let _ = stream.set_nodelay(true);
+    let (reader, writer) = match stream.try_clone() {
+        Ok(clone) => (
+            BufReader::new(clone),
+            BufWriter::with_capacity(64 * 1024, stream),
+        ),
+        Err(e) => return Attempt::NextServer(format!("{addr}: {e}")),
+    };
+    let mut conn = Connection { reader, writer };
+    let mut open: Vec<Option<Outcome>> = vec![None; message.recipients.len()];
+    match transaction(&mut conn, helo, message, timeouts, &mut open) {
+        Ok(Some(next_server)) => Attempt::NextServer(next_server),
+        Ok(None) => {
+            let _ = conn
+                .timeout(timeouts.command)
+                .and_then(|()| conn.send("QUIT"))
+                .and_then(|()| conn.flush());
+            let _ = conn.reply();
+            Attempt::Done(
+                open.into_iter()
+                    .map(|o| o.unwrap_or(Outcome::Deferred("451 4.4.2 no reply".into())))
+                    .collect(),
+            )
+        }
+        Err((stage, e)) => {
+            let lost = format!("451 4.4.2 lost connection with {addr} while {stage}: {e}");
+            if stage == Stage::Greeting {
+                return Attempt::NextServer(lost);
+            }
+            Attempt::Done(
+                open.into_iter()
+                    .map(|o| o.unwrap_or_else(|| Outcome::Deferred(lost.clone())))
+                    .collect(),
+            )
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Greeting,
+    Hello,
+    Envelope,
+    Data,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Greeting => "waiting for the greeting",
+            Stage::Hello => "saying hello",
+            Stage::Envelope => "sending the envelope",
+            Stage::Data => "sending the message",
+        })
+    }
+}
+
+/// Runs the dialog, filling `open` with final outcomes. `Ok(Some(why))`: use the next server.
+fn transaction(
+    conn: &mut Connection,
+    helo: &str,
+    message: &Message,
+    timeouts: Timeouts,
+    open: &mut [Option<Outcome>],
+) -> Result<Option<String>, (Stage, io::Error)> {
+    let at = |stage: Stage| move |e: io::Error| (stage, e);
+    conn.timeout(timeouts.command)
+        .map_err(at(Stage::Greeting))?;
+    let greeting = conn.reply().map_err(at(Stage::Greeting))?;
+    if greeting.code != 220 {
+        return Ok(Some(format!("greeting: {}", greeting.summary())));
+    }
+    conn.send(&format!("EHLO {helo}"))
+        .and_then(|()| conn.flush())
+        .map_err(at(Stage::Hello))?;
+    let ehlo = conn.reply().map_err(at(Stage::Hello))?;
+    let ext = if ehlo.class() == 2 {
+        extensions(&ehlo)
+    } else {
+        conn.send(&format!("HELO {helo}"))
+            .and_then(|()| conn.flush())
+            .map_err(at(Stage::Hello))?;
+        let reply = conn.reply().map_err(at(Stage::Hello))?;
+        if reply.class() != 2 {
+            return Ok(Some(format!("HELO: {}", reply.summary())));
+        }
+        Extensions::default()
+    };
+    let fail_all = |open: &mut [Option<Outcome>], outcome: Outcome| {
+        open.iter_mut().for_each(|o| *o = Some(outcome.clone()))
+    };
+    if let Some(limit) = ext.size.filter(|&limit| limit > 0 && message.size > limit) {
+        fail_all(
+            open,
+            Outcome::Failed(format!(
+                "552 5.3.4 message of {} bytes exceeds the size limit {limit} of the server",
+                message.size
+            )),
+        );
+        return Ok(None);
+    }
+    if message.smtputf8 && !ext.smtputf8 {
+        fail_all(
+            open,
+            Outcome::Failed("553 5.6.7 the server does not support SMTPUTF8".into()),
+        );
+        return Ok(None);
+    }
+
+    let mut mail = format!("MAIL FROM:{}", message.from);
+    if ext.size.is_some() {
+        mail.push_str(&format!(" SIZE={}", message.size));
+    }
+    if message.eight_bit && ext.eight_bit {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if message.smtputf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    let envelope = at(Stage::Envelope);
+    conn.send(&mail).map_err(envelope)?;
+    let mail_reply = if ext.pipelining {
+        for rcpt in message.recipients {
+            conn.send(&format!("RCPT TO:{rcpt}")).map_err(envelope)?;
+        }
+        conn.send("DATA").map_err(envelope)?;
+        conn.flush().map_err(envelope)?;
+        conn.reply().map_err(envelope)?
+    } else {
+        conn.flush().map_err(envelope)?;
+        let reply = conn.reply().map_err(envelope)?;
+        if reply.class() != 2 {
+            fail_all(open, reply.outcome("MAIL FROM"));
+            return Ok(None);
+        }
+        reply
+    };
+    let mut accepted = Vec::new();
+    for (i, rcpt) in message.recipients.iter().enumerate() {
+        if !ext.pipelining {
+            conn.send(&format!("RCPT TO:{rcpt}"))
+                .and_then(|()| conn.flush())
+                .map_err(envelope)?;
+        }
+        let reply = conn.reply().map_err(envelope)?;
+        if mail_reply.class() != 2 {
+            continue;
+        }
+        match reply.outcome(&format!("RCPT TO:{rcpt}")) {
+            Outcome::Delivered(_) => accepted.push(i),
+            refused => open[i] = Some(refused),
+        }
+    }
+    if !ext.pipelining && !accepted.is_empty() {
+        conn.send("DATA")
+            .and_then(|()| conn.flush())
+            .map_err(envelope)?;
+    }
+    let data_reply = if ext.pipelining || !accepted.is_empty() {
+        Some(conn.reply().map_err(envelope)?)
+    } else {
+        None
+    };
+    if mail_reply.class() != 2 {
+        fail_all(open, mail_reply.outcome("MAIL FROM"));
+    }
+    let Some(data_reply) = data_reply else {
+        return Ok(None);
+    };
+    if data_reply.code != 354 {
+        for &i in &accepted {
+            open[i] = Some(data_reply.outcome("DATA"));
+        }
+        return Ok(None);
+    }
+    conn.timeout(timeouts.data).map_err(at(Stage::Data))?;
+    if accepted.is_empty() || mail_reply.class() != 2 {
+        // The server wants a message nobody will get: end it at once (RFC 2920 3.1).
+        conn.send(".")
+            .and_then(|()| conn.flush())
+            .map_err(at(Stage::Data))?;
+        let _ = conn.reply();
+        return Ok(None);
+    }
+    send_message(&mut conn.writer, message.path).map_err(at(Stage::Data))?;
+    conn.flush().map_err(at(Stage::Data))?;
+    let final_reply = conn.reply().map_err(at(Stage::Data))?;
+    for &i in &accepted {
+        open[i] = Some(final_reply.outcome("end of DATA"));
+    }
+    Ok(None)
+}
+
+/// Copies the message with dot-stuffing, then the terminator. The queued message ends with
+/// CRLF and has CRLF line ends only, so what leaves is what was queued.
+fn send_message(out: &mut impl Write, path: &Path) -> io::Result<()> {
+    let mut file = File::open(path)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut line_start = true;
+    let mut last_two = [b'\r', b'\n'];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let mut from = 0;
+        for i in 0..n {
+            if line_start && buf[i] == b'.' {
+                out.write_all(&buf[from..i])?;
+                out.write_all(b".")?;
+                from = i;
+            }
+            line_start = buf[i] == b'\n';
+        }
+        out.write_all(&buf[from..n])?;
+        last_two = match n {
+            1 => [last_two[1], buf[0]],
+            _ => [buf[n - 2], buf[n - 1]],
+        };
+    }
+    if last_two != [b'\r', b'\n'] {
+        out.write_all(b"\r\n")?;
+    }
+    out.write_all(b".\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16, lines: &[&str]) -> ServerReply {
+        ServerReply {
+            code,
+            text: lines.join(" "),
+            lines: lines.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn ehlo_keywords() {
+        let ext = extensions(&reply(
+            250,
+            &[
+                "mx hello",
+                "PIPELINING",
+                "SIZE 1000",
+                "8BITMIME",
+                "smtputf8",
+                "STARTTLS",
+            ],
+        ));
+        assert_eq!(
+            ext,
+            Extensions {
+                pipelining: true,
+                eight_bit: true,
+                smtputf8: true,
+                size: Some(1000)
+            }
+        );
+        assert_eq!(extensions(&reply(250, &["mx", "SIZE"])).size, Some(0));
+    }
+
+    #[test]
+    fn reply_classes_give_outcomes() {
+        assert!(matches!(
+            reply(250, &["2.0.0 ok"]).outcome("x"),
+            Outcome::Delivered(_)
+        ));
+        assert!(matches!(
+            reply(451, &["4.3.0 later"]).outcome("x"),
+            Outcome::Deferred(_)
+        ));
+        let Outcome::Failed(text) = reply(550, &["5.1.1 no such user"]).outcome("RCPT TO:<a@b>")
+        else {
+            panic!("not failed")
+        };
+        assert_eq!(text, "550 5.1.1 no such user (in reply to RCPT TO:<a@b>)");
+    }
+
+    #[test]
+    fn dot_stuffing_keeps_bytes_and_adds_the_terminator() {
+        let dir = std::env::temp_dir().join(format!("postilion-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m");
+        std::fs::write(&path, b".one\r\ntwo.\r\n..three\r\n\xff8bit\r\n").unwrap();
+        let mut out = Vec::new();
+        send_message(&mut out, &path).unwrap();
+        assert_eq!(out, b"..one\r\ntwo.\r\n...three\r\n\xff8bit\r\n.\r\n");
+        std::fs::write(&path, b"no final line end").unwrap();
+        let mut out = Vec::new();
+        send_message(&mut out, &path).unwrap();
+        assert_eq!(out, b"no final line end\r\n.\r\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,362 @@
+//! Remote delivery with real parts on loopback: a DNS server answering MX, A, null MX,
+//! NXDOMAIN and SERVFAIL; scriptable receiving servers; a second Postilion as an MX.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::dns::DnsServer;
+use common::sink::Sink;
+use common::{queue_id, wait_until, Client, Server};
+
+/// A sending server wired to `dns`, delivering to port `port` of whatever the MX records say.
+fn sender(name: &str, dns: &DnsServer, port: u16) -> Server {
+    let (dns, port) = (dns.addr.to_string(), port.to_string());
+    Server::start(
+        name,
+        &[
+            "--delivery-threads",
+            "2",
+            "--retry-schedule",
+            "1s",
+            "--dns-server",
+            &dns,
+            "--smtp-port",
+            &port,
+            "--smtp-connect-timeout",
+            "2s",
+            "--smtp-command-timeout",
+            "5s",
+            "--smtp-data-timeout",
+            "5s",
+        ],
+    )
+}
+
+fn send(server: &Server, from: &str, to: &[&str], body: &[u8]) -> String {
+    let mut data = b"Subject: test\r\n\r\n".to_vec();
+    data.extend_from_slice(body);
+    queue_id(&Client::hello(server.addr).send_message(from, to, &data))
+}
+
+fn maildir(user_dir: &Path) -> Vec<String> {
+    let mut files: Vec<_> = fs::read_dir(user_dir.join("new"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .map(|p| String::from_utf8_lossy(&fs::read(p).unwrap()).into_owned())
+        .collect()
+}
+
+fn wait_for_log_with(server: &Server, parts: &[&str]) -> String {
+    let mut found = String::new();
+    wait_until(&format!("a log line with {parts:?}"), || {
+        match server
+            .log_lines()
+            .into_iter()
+            .find(|l| parts.iter().all(|p| l.contains(p)))
+        {
+            Some(line) => {
+                found = line;
+                true
+            }
+            None => false,
+        }
+    });
+    found
+}
+
+#[test]
+fn mx_preference_with_fallback_to_the_next_mx() {
+    let dns = DnsServer::start();
+    let sink = Sink::start("127.0.0.3:0");
+    let port = sink.addr.port();
+    // Preference 10 has nobody listening; 20 is the sink; 30 is never needed.
+    dns.mx("pref.test", 20, "mx2.pref.test");
+    dns.mx("pref.test", 10, "mx1.pref.test");
+    dns.mx("pref.test", 30, "mx3.pref.test");
+    dns.a("mx1.pref.test", "127.0.0.2");
+    dns.a("mx2.pref.test", "127.0.0.3");
+    dns.a("mx3.pref.test", "127.0.0.5");
+    let server = sender("mxpref", &dns, port);
+    let id = send(&server, "ann@client.test", &["bob@pref.test"], b"hello\r\n");
+    wait_for_log_with(
+        &server,
+        &[
+            &format!("{id}: to=<bob@pref.test>, relay=mx2.pref.test[127.0.0.3]:{port}"),
+            "status=sent (250 2.0.0 accepted",
+        ],
+    );
+    server.wait_for_log(&format!(
+        "pref.test: mx1.pref.test[127.0.0.2]:{port} not used"
+    ));
+    assert!(!server
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("mx3.pref.test")));
+    let got = sink.messages();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].from.as_str(), got[0].rcpts.as_slice()),
+        ("<ann@client.test>", &["bob@pref.test".to_string()][..])
+    );
+    wait_until("the queue to empty", || server.queue_files("").is_empty());
+}
+
+#[test]
+fn a_domain_without_mx_gets_mail_at_its_address() {
+    let dns = DnsServer::start();
+    let sink = Sink::start("127.0.0.3:0");
+    dns.a("plain.test", "127.0.0.3");
+    let server = sender("implicit", &dns, sink.addr.port());
+    send(
+        &server,
+        "ann@client.test",
+        &["carol@plain.test"],
+        b"implicit\r\n",
+    );
+    wait_until("delivery", || sink.messages().len() == 1);
+    assert_eq!(sink.messages()[0].rcpts, ["carol@plain.test"]);
+}
+
+#[test]
+fn null_mx_and_nxdomain_bounce_to_the_local_sender() {
+    let dns = DnsServer::start();
+    dns.null_mx("nomail.test");
+    let server = sender("nullmx", &dns, 2525);
+    send(
+        &server,
+        "alice@example.test",
+        &["x@nomail.test"],
+        b"one\r\n",
+    );
+    send(
+        &server,
+        "alice@example.test",
+        &["y@nowhere.test"],
+        b"two\r\n",
+    );
+    wait_until("two bounces", || {
+        maildir(&server.mail.join("alice")).len() == 2
+    });
+    let dsns = maildir(&server.mail.join("alice")).join("\n=====\n");
+    assert!(
+        dsns.contains("Final-Recipient: rfc822; x@nomail.test\nAction: failed\nStatus: 5.1.10\n"),
+        "{dsns}"
+    );
+    assert!(
+        dsns.contains("Final-Recipient: rfc822; y@nowhere.test\nAction: failed\nStatus: 5.1.2\n"),
+        "{dsns}"
+    );
+    assert!(dsns.contains("accepts no mail (null MX)"));
+    wait_until("the queue to empty", || server.queue_files("").is_empty());
+}
+
+#[test]
+fn servfail_defers_and_keeps_the_mail() {
+    let dns = DnsServer::start();
+    dns.servfail("broken.test");
+    let server = sender("servfail", &dns, 2525);
+    let id = send(&server, "ann@client.test", &["z@broken.test"], b"later\r\n");
+    wait_for_log_with(
+        &server,
+        &[
+            &format!("{id}: to=<z@broken.test>, relay=none"),
+            "status=deferred (451 4.4.3",
+        ],
+    );
+    let env = server.queued_envelope(&id);
+    assert!(
+        env.contains("Rcpt: <z@broken.test>\nStatus: pending\n"),
+        "{env}"
+    );
+}
+
+#[test]
+fn a_temporary_refusal_is_retried_and_delivered_once() {
+    let dns = DnsServer::start();
+    let sink = Sink::start("127.0.0.3:0");
+    dns.mx("retry.test", 10, "mx.retry.test");
+    dns.a("mx.retry.test", "127.0.0.3");
+    sink.set(|b| {
+        b.final_replies
+            .push_back("451 4.3.0 try again later".into())
+    });
+    let server = sender("tempfail", &dns, sink.addr.port());
+    let id = send(
+        &server,
+        "ann@client.test",
+        &["d@retry.test"],
+        b"retry me\r\n",
+    );
+    wait_for_log_with(
+        &server,
+        &[
+            &format!("{id}: to=<d@retry.test>"),
+            "status=deferred (451 4.3.0 try again later (in reply to end of DATA))",
+        ],
+    );
+    wait_for_log_with(
+        &server,
+        &[&format!("{id}: to=<d@retry.test>"), "status=sent"],
+    );
+    wait_until("the queue to empty", || server.queue_files("").is_empty());
+    assert_eq!(sink.messages().len(), 1);
+}
+
+#[test]
+fn one_recipient_of_three_refused_the_others_delivered_once_and_a_dsn_for_it() {
+    let dns = DnsServer::start();
+    let sink = Sink::start("127.0.0.3:0");
+    dns.mx("multi.test", 10, "mx.multi.test");
+    dns.a("mx.multi.test", "127.0.0.3");
+    sink.set(|b| {
+        b.rcpt.insert(
+            "two@multi.test".into(),
+            "550 5.1.1 <two@multi.test>: no such user".into(),
+        );
+    });
+    let server = sender("partial", &dns, sink.addr.port());
+    send(
+        &server,
+        "alice@example.test",
+        &["one@multi.test", "two@multi.test", "three@multi.test"],
+        b"three\r\n",
+    );
+    let dsn = {
+        wait_until("the bounce", || {
+            maildir(&server.mail.join("alice")).len() == 1
+        });
+        maildir(&server.mail.join("alice")).remove(0)
+    };
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; two@multi.test\nAction: failed\nStatus: 5.1.1\n"),
+        "{dsn}"
+    );
+    assert!(!dsn.contains("one@multi.test\nAction") && !dsn.contains("three@multi.test\nAction"));
+    wait_until("the queue to empty", || server.queue_files("").is_empty());
+    let got = sink.messages();
+    assert_eq!(got.len(), 1, "one transaction for the domain");
+    assert_eq!(got[0].rcpts, ["one@multi.test", "three@multi.test"]);
+}
+
+#[test]
+fn connection_dropped_mid_data_is_retried_and_delivered_exactly_once() {
+    let dns = DnsServer::start();
+    let sink = Sink::start("127.0.0.3:0");
+    dns.mx("drop.test", 10, "mx.drop.test");
+    dns.a("mx.drop.test", "127.0.0.3");
+    sink.set(|b| b.drop_in_data = 1);
+    let server = sender("dropdata", &dns, sink.addr.port());
+    let id = send(
+        &server,
+        "ann@client.test",
+        &["e@drop.test"],
+        b"line one\r\nline two\r\nline three\r\n",
+    );
+    wait_for_log_with(
+        &server,
+        &[
+            &format!("{id}: to=<e@drop.test>"),
+            "status=deferred (451 4.4.2 lost connection",
+        ],
+    );
+    wait_for_log_with(
+        &server,
+        &[&format!("{id}: to=<e@drop.test>"), "status=sent"],
+    );
+    wait_until("the queue to empty", || server.queue_files("").is_empty());
+    assert_eq!(sink.messages().len(), 1);
+    assert!(*sink.connections.lock().unwrap() >= 2);
+}
+
+#[test]
+fn outbound_bytes_are_exactly_what_was_queued_with_crlf_only() {
+    let dns = DnsServer::start();
+    let sink = Sink::start("127.0.0.3:0");
+    dns.mx("bytes.test", 10, "mx.bytes.test");
+    dns.a("mx.bytes.test", "127.0.0.3");
+    let server = sender("bytes", &dns, sink.addr.port());
+    // What the client means (dot-stuffed on the wire by our raw client below).
+    let mut body = b".leading dot\r\n..two dots\r\n.\r\nmiddle . dot\r\n".to_vec();
+    body.extend_from_slice("8-bit: gr\u{fc}\u{df}e \u{65e5}\u{672c}\r\n".as_bytes());
+    body.extend_from_slice(&[b'L'; 2000]);
+    body.extend_from_slice(b"\r\nend\r\n");
+    let mut stuffed = Vec::new();
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            stuffed.push(b'.');
+        }
+        stuffed.extend_from_slice(line);
+    }
+    let id = send(&server, "ann@client.test", &["f@bytes.test"], &stuffed);
+    wait_until("delivery", || sink.messages().len() == 1);
+    let got = &sink.messages()[0];
+    // The message arrives as queued: our Received: header, then the client's bytes.
+    assert!(got.message.starts_with(b"Received: from client.test"));
+    assert!(String::from_utf8_lossy(&got.message).contains(&format!("id {id}")));
+    assert!(got
+        .message
+        .ends_with(&[b"Subject: test\r\n\r\n".as_slice(), &body].concat()));
+    // On the wire: dot-stuffed exactly, CRLF line ends only, the one terminator at the end.
+    let mut expected_raw = Vec::new();
+    for line in got.message.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            expected_raw.push(b'.');
+        }
+        expected_raw.extend_from_slice(line);
+    }
+    expected_raw.extend_from_slice(b".\r\n");
+    assert_eq!(got.raw, expected_raw);
+    for (i, &b) in got.raw.iter().enumerate() {
+        if b == b'\n' {
+            assert_eq!(got.raw[i - 1], b'\r', "bare LF at {i}");
+        }
+    }
+    assert_eq!(
+        got.mail_params,
+        "SIZE=".to_string() + &got.message.len().to_string()
+    );
+}
+
+#[test]
+fn a_second_postilion_as_the_mx_puts_mail_in_its_maildir() {
+    let dns = DnsServer::start();
+    let receiver = Server::start(
+        "receiver",
+        &[
+            "--listen",
+            "127.0.0.4:0",
+            "--local-domains",
+            "remote.test",
+            "--delivery-threads",
+            "1",
+        ],
+    );
+    fs::create_dir_all(receiver.mail.join("bob")).unwrap();
+    dns.mx("remote.test", 10, "mx.remote.test");
+    dns.a("mx.remote.test", "127.0.0.4");
+    let server = sender("tosecond", &dns, receiver.addr.port());
+    let id = send(
+        &server,
+        "ann@client.test",
+        &["bob@remote.test"],
+        b"between two postilions\r\n",
+    );
+    wait_until("delivery into the receiver's Maildir", || {
+        maildir(&receiver.mail.join("bob")).len() == 1
+    });
+    let text = maildir(&receiver.mail.join("bob")).remove(0);
+    assert!(text.starts_with("Return-Path: <ann@client.test>\nDelivered-To: bob@remote.test\nReceived: from mx.test ([127.0.0.1])"), "{text}");
+    assert!(text.contains(&format!("id {id}")) && text.ends_with("between two postilions\n"));
+    wait_for_log_with(
+        &server,
+        &[
+            &format!("{id}: to=<bob@remote.test>, relay=mx.remote.test[127.0.0.4]"),
+            "status=sent (250 2.0.0 Ok: queued as",
+        ],
+    );
+}
