@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::smtp::address;
 use crate::smtp::data::BareNewline;
 use crate::smtp::policy::Network;
+use crate::tls::TlsMode;
 
 pub struct Key {
     pub name: &'static str,
@@ -42,6 +43,7 @@ pub const KEYS: &[Key] = &[
     Key { name: "max_queue_lifetime", default: "5d", help: "how long undeliverable mail is retried before it bounces" },
     Key { name: "smtp_port", default: "25", help: "port of remote MX hosts" },
     Key { name: "dns_server", default: "", help: "DNS server as IP:PORT for MX lookups (empty: /etc/resolv.conf)" },
+    Key { name: "smtp_tls", default: "may", help: "STARTTLS to remote servers: none, may (when offered), encrypt (always), verify (and check the certificate)" },
     Key { name: "smtp_connect_timeout", default: "30s", help: "time allowed to connect to a remote server" },
     Key { name: "smtp_command_timeout", default: "5m", help: "time allowed for each remote reply (RFC 5321 4.5.3.2.1-4)" },
     Key { name: "smtp_data_timeout", default: "10m", help: "time allowed to send a message and get the final reply (4.5.3.2.5-6)" },
@@ -72,6 +74,7 @@ pub struct Config {
     pub queue_scan_interval: Duration,
     pub smtp_port: u16,
     pub dns_server: Option<SocketAddr>,
+    pub smtp_tls: TlsMode,
     pub smtp_connect_timeout: Duration,
     pub smtp_command_timeout: Duration,
     pub smtp_data_timeout: Duration,
@@ -245,6 +248,7 @@ impl RawConfig {
                     .map(Some)
                     .map_err(|_| format!("'{v}' is not IP:PORT (like 127.0.0.1:53)")),
             })?,
+            smtp_tls: self.get("smtp_tls", str::parse)?,
             smtp_connect_timeout: self.get("smtp_connect_timeout", duration)?,
             smtp_command_timeout: self.get("smtp_command_timeout", duration)?,
             smtp_data_timeout: self.get("smtp_data_timeout", duration)?,

@@ -13,6 +13,7 @@ mod log;
 mod server;
 mod smtp;
 mod spool;
+mod tls;
 
 use std::path::Path;
 use std::process::ExitCode;

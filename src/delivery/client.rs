@@ -1,7 +1,7 @@
 //! The SMTP client: one transaction with one server for the recipients of one domain.
 //!
-//! EHLO (HELO if refused), SIZE checked before sending, PIPELINING when offered, dot-stuffing,
-//! a reply per recipient. 2xx delivers, 4xx defers, 5xx fails; a connection lost before the
+//! EHLO (HELO if refused), STARTTLS as `smtp_tls` says, SIZE checked before sending,
+//! PIPELINING when offered, dot-stuffing, a reply per recipient. 2xx delivers, 4xx defers, 5xx fails; a connection lost before the
 //! final reply defers whatever was still open. A server that cannot be used at all (refused
 //! connection, time-out, a greeting other than 220) is reported so the caller tries the next.
 
@@ -9,10 +9,15 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use super::Outcome;
 use crate::smtp::address::{ForwardPath, ReversePath};
+use crate::tls::TlsMode;
 
 /// A hostile server cannot make us hold more than this for one reply.
 const MAX_REPLY_LINE: u64 = 4096;
@@ -38,12 +43,20 @@ pub struct Message<'a> {
     pub smtputf8: bool,
 }
 
+/// How to use TLS with one server.
+pub struct Tls<'a> {
+    pub mode: TlsMode,
+    pub config: Arc<ClientConfig>,
+    /// The MX host name, for SNI and (in `verify` mode) the certificate check.
+    pub server_name: &'a str,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Attempt {
     /// This server could not be used; the reason. The caller tries the next one.
     NextServer(String),
-    /// The transaction ran: one outcome per recipient, in order.
-    Done(Vec<Outcome>),
+    /// The transaction ran: one outcome per recipient, in order, and whether it was encrypted.
+    Done { outcomes: Vec<Outcome>, tls: bool },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +95,7 @@ pub struct Extensions {
     pub pipelining: bool,
     pub eight_bit: bool,
     pub smtputf8: bool,
+    pub starttls: bool,
     /// `SIZE n`; `Some(0)` means "no fixed limit".
     pub size: Option<u64>,
 }
@@ -94,6 +108,7 @@ pub fn extensions(ehlo: &ServerReply) -> Extensions {
             Some("PIPELINING") => ext.pipelining = true,
             Some("8BITMIME") => ext.eight_bit = true,
             Some("SMTPUTF8") => ext.smtputf8 = true,
+            Some("STARTTLS") => ext.starttls = true,
             Some("SIZE") => ext.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
             _ => {}
         }
@@ -101,24 +116,103 @@ pub fn extensions(ehlo: &ServerReply) -> Extensions {
     ext
 }
 
+/// The socket, before or after STARTTLS.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Transport {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(tcp) => tcp,
+            Transport::Tls(tls) => &tls.sock,
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(tcp) => tcp.read(buf),
+            Transport::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(tcp) => tcp.write(buf),
+            Transport::Tls(tls) => tls.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(tcp) => tcp.flush(),
+            Transport::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
 struct Connection {
-    reader: BufReader<TcpStream>,
-    writer: BufWriter<TcpStream>,
+    reader: BufReader<Transport>,
+    /// Commands waiting for `flush`: a pipelined batch goes out in one write.
+    out: Vec<u8>,
 }
 
 impl Connection {
     fn send(&mut self, line: &str) -> io::Result<()> {
-        self.writer.write_all(line.as_bytes())?;
-        self.writer.write_all(b"\r\n")
+        self.out.extend_from_slice(line.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.writer.flush()
+        let transport = self.reader.get_mut();
+        transport.write_all(&self.out)?;
+        self.out.clear();
+        transport.flush()
+    }
+
+    /// Sends one command and reads its reply.
+    fn command(&mut self, line: &str) -> io::Result<ServerReply> {
+        self.send(line)?;
+        self.flush()?;
+        self.reply()
     }
 
     fn timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        self.reader.get_ref().set_read_timeout(Some(timeout))?;
-        self.writer.get_ref().set_write_timeout(Some(timeout))
+        let tcp = self.reader.get_ref().tcp();
+        tcp.set_read_timeout(Some(timeout))?;
+        tcp.set_write_timeout(Some(timeout))
+    }
+
+    fn is_tls(&self) -> bool {
+        matches!(self.reader.get_ref(), Transport::Tls(_))
+    }
+
+    /// After `220` to STARTTLS: the handshake, then everything goes through TLS. Bytes the
+    /// server sent before the handshake would be an injection (CVE-2011-0411): refused.
+    fn start_tls(&mut self, tls: &Tls) -> io::Result<()> {
+        if !self.reader.buffer().is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "data pipelined after STARTTLS",
+            ));
+        }
+        let name = ServerName::try_from(tls.server_name.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let connection =
+            ClientConnection::new(Arc::clone(&tls.config), name).map_err(io::Error::other)?;
+        let tcp = self.reader.get_ref().tcp().try_clone()?;
+        let mut stream = StreamOwned::new(connection, tcp);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        // The plain reader is empty (checked above) and its socket lives on in `stream`.
+        self.reader = BufReader::new(Transport::Tls(Box::new(stream)));
+        Ok(())
     }
 
     /// Reads one reply, possibly multi-line, bounded in size.
@@ -159,46 +253,78 @@ impl Connection {
     }
 }
 
-/// One transaction with the server at `addr`, which we greet as `helo`.
-pub fn deliver(addr: SocketAddr, helo: &str, message: &Message, timeouts: Timeouts) -> Attempt {
+/// One transaction with the server at `addr`, which we greet as `helo`. In `may` mode a
+/// failed TLS handshake is followed by a second try in plaintext, as Postfix does.
+pub fn deliver(
+    addr: SocketAddr,
+    helo: &str,
+    message: &Message,
+    timeouts: Timeouts,
+    tls: &Tls,
+) -> Attempt {
+    match deliver_once(addr, helo, message, timeouts, tls) {
+        Err(why) if tls.mode == TlsMode::May => {
+            log::info!("{addr}: {why}; trying again without TLS");
+            let plain = Tls {
+                mode: TlsMode::None,
+                config: Arc::clone(&tls.config),
+                server_name: tls.server_name,
+            };
+            deliver_once(addr, helo, message, timeouts, &plain).unwrap_or_else(Attempt::NextServer)
+        }
+        result => result.unwrap_or_else(Attempt::NextServer),
+    }
+}
+
+/// `Err` when TLS could not be set up (so the caller may try without it).
+fn deliver_once(
+    addr: SocketAddr,
+    helo: &str,
+    message: &Message,
+    timeouts: Timeouts,
+    tls: &Tls,
+) -> Result<Attempt, String> {
     let stream = match TcpStream::connect_timeout(&addr, timeouts.connect) {
         Ok(stream) => stream,
-        Err(e) => return Attempt::NextServer(format!("connect to {addr}: {e}")),
+        Err(e) => return Ok(Attempt::NextServer(format!("connect to {addr}: {e}"))),
     };
     let _ = stream.set_nodelay(true);
-    let (reader, writer) = match stream.try_clone() {
-        Ok(clone) => (
-            BufReader::new(clone),
-            BufWriter::with_capacity(64 * 1024, stream),
-        ),
-        Err(e) => return Attempt::NextServer(format!("{addr}: {e}")),
+    let mut conn = Connection {
+        reader: BufReader::new(Transport::Plain(stream)),
+        out: Vec::with_capacity(1024),
     };
-    let mut conn = Connection { reader, writer };
     let mut open: Vec<Option<Outcome>> = vec![None; message.recipients.len()];
-    match transaction(&mut conn, helo, message, timeouts, &mut open) {
-        Ok(Some(next_server)) => Attempt::NextServer(next_server),
+    let result = hello(&mut conn, helo, timeouts, tls).and_then(|hello| match hello {
+        Ok(ext) => transaction(&mut conn, &ext, message, timeouts, &mut open).map(|()| None),
+        Err(next_server) => Ok(Some(next_server)),
+    });
+    match result {
+        Ok(Some(next_server)) => Ok(Attempt::NextServer(next_server)),
         Ok(None) => {
             let _ = conn
                 .timeout(timeouts.command)
-                .and_then(|()| conn.send("QUIT"))
-                .and_then(|()| conn.flush());
-            let _ = conn.reply();
-            Attempt::Done(
-                open.into_iter()
-                    .map(|o| o.unwrap_or(Outcome::Deferred("451 4.4.2 no reply".into())))
-                    .collect(),
-            )
+                .and_then(|()| conn.command("QUIT"));
+            let outcomes = open
+                .into_iter()
+                .map(|o| o.unwrap_or(Outcome::Deferred("451 4.4.2 no reply".into())))
+                .collect();
+            Ok(Attempt::Done {
+                outcomes,
+                tls: conn.is_tls(),
+            })
         }
+        Err((Stage::Tls, e)) => Err(format!("TLS with {addr} failed: {e}")),
+        Err((Stage::Greeting, e)) => Ok(Attempt::NextServer(format!("{addr}: no greeting: {e}"))),
         Err((stage, e)) => {
             let lost = format!("451 4.4.2 lost connection with {addr} while {stage}: {e}");
-            if stage == Stage::Greeting {
-                return Attempt::NextServer(lost);
-            }
-            Attempt::Done(
-                open.into_iter()
-                    .map(|o| o.unwrap_or_else(|| Outcome::Deferred(lost.clone())))
-                    .collect(),
-            )
+            let outcomes = open
+                .into_iter()
+                .map(|o| o.unwrap_or_else(|| Outcome::Deferred(lost.clone())))
+                .collect();
+            Ok(Attempt::Done {
+                outcomes,
+                tls: conn.is_tls(),
+            })
         }
     }
 }
@@ -207,6 +333,7 @@ pub fn deliver(addr: SocketAddr, helo: &str, message: &Message, timeouts: Timeou
 enum Stage {
     Greeting,
     Hello,
+    Tls,
     Envelope,
     Data,
 }
@@ -216,64 +343,105 @@ impl std::fmt::Display for Stage {
         f.write_str(match self {
             Stage::Greeting => "waiting for the greeting",
             Stage::Hello => "saying hello",
+            Stage::Tls => "starting TLS",
             Stage::Envelope => "sending the envelope",
             Stage::Data => "sending the message",
         })
     }
 }
 
-/// Runs the dialog, filling `open` with final outcomes. `Ok(Some(why))`: use the next server.
-fn transaction(
+type Step<T> = Result<T, (Stage, io::Error)>;
+
+fn at(stage: Stage) -> impl Fn(io::Error) -> (Stage, io::Error) {
+    move |e| (stage, e)
+}
+
+/// Greeting, EHLO (or HELO), STARTTLS. `Ok(Err(why))`: this server is not to be used.
+fn hello(
     conn: &mut Connection,
     helo: &str,
-    message: &Message,
     timeouts: Timeouts,
-    open: &mut [Option<Outcome>],
-) -> Result<Option<String>, (Stage, io::Error)> {
-    let at = |stage: Stage| move |e: io::Error| (stage, e);
+    tls: &Tls,
+) -> Step<Result<Extensions, String>> {
     conn.timeout(timeouts.command)
         .map_err(at(Stage::Greeting))?;
     let greeting = conn.reply().map_err(at(Stage::Greeting))?;
     if greeting.code != 220 {
-        return Ok(Some(format!("greeting: {}", greeting.summary())));
+        return Ok(Err(format!("greeting: {}", greeting.summary())));
     }
-    conn.send(&format!("EHLO {helo}"))
-        .and_then(|()| conn.flush())
+    let ehlo = conn
+        .command(&format!("EHLO {helo}"))
         .map_err(at(Stage::Hello))?;
-    let ehlo = conn.reply().map_err(at(Stage::Hello))?;
-    let ext = if ehlo.class() == 2 {
-        extensions(&ehlo)
-    } else {
-        conn.send(&format!("HELO {helo}"))
-            .and_then(|()| conn.flush())
-            .map_err(at(Stage::Hello))?;
-        let reply = conn.reply().map_err(at(Stage::Hello))?;
-        if reply.class() != 2 {
-            return Ok(Some(format!("HELO: {}", reply.summary())));
+    let must_encrypt = matches!(tls.mode, TlsMode::Encrypt | TlsMode::Verify);
+    if ehlo.class() != 2 {
+        if must_encrypt {
+            return Ok(Err(format!(
+                "TLS is required but EHLO was refused: {}",
+                ehlo.summary()
+            )));
         }
-        Extensions::default()
-    };
+        let reply = conn
+            .command(&format!("HELO {helo}"))
+            .map_err(at(Stage::Hello))?;
+        if reply.class() != 2 {
+            return Ok(Err(format!("HELO: {}", reply.summary())));
+        }
+        return Ok(Ok(Extensions::default()));
+    }
+    let ext = extensions(&ehlo);
+    if tls.mode == TlsMode::None || (!ext.starttls && !must_encrypt) {
+        return Ok(Ok(ext));
+    }
+    if !ext.starttls {
+        return Ok(Err(format!(
+            "TLS is required (smtp_tls = {}) but the server does not offer STARTTLS",
+            tls.mode
+        )));
+    }
+    let reply = conn.command("STARTTLS").map_err(at(Stage::Hello))?;
+    if reply.code != 220 {
+        return match must_encrypt {
+            true => Ok(Err(format!("STARTTLS refused: {}", reply.summary()))),
+            false => Ok(Ok(ext)),
+        };
+    }
+    conn.start_tls(tls).map_err(at(Stage::Tls))?;
+    // RFC 3207 4.2: forget what the server said before TLS; ask again.
+    let ehlo = conn
+        .command(&format!("EHLO {helo}"))
+        .map_err(at(Stage::Hello))?;
+    if ehlo.class() != 2 {
+        return Ok(Err(format!("EHLO after STARTTLS: {}", ehlo.summary())));
+    }
+    Ok(Ok(extensions(&ehlo)))
+}
+
+/// MAIL, RCPT, DATA and the message, filling `open` with each recipient's outcome.
+fn transaction(
+    conn: &mut Connection,
+    ext: &Extensions,
+    message: &Message,
+    timeouts: Timeouts,
+    open: &mut [Option<Outcome>],
+) -> Step<()> {
     let fail_all = |open: &mut [Option<Outcome>], outcome: Outcome| {
         open.iter_mut().for_each(|o| *o = Some(outcome.clone()))
     };
     if let Some(limit) = ext.size.filter(|&limit| limit > 0 && message.size > limit) {
-        fail_all(
-            open,
-            Outcome::Failed(format!(
-                "552 5.3.4 message of {} bytes exceeds the size limit {limit} of the server",
-                message.size
-            )),
+        let why = format!(
+            "552 5.3.4 message of {} bytes exceeds the size limit {limit} of the server",
+            message.size
         );
-        return Ok(None);
+        fail_all(open, Outcome::Failed(why));
+        return Ok(());
     }
     if message.smtputf8 && !ext.smtputf8 {
         fail_all(
             open,
             Outcome::Failed("553 5.6.7 the server does not support SMTPUTF8".into()),
         );
-        return Ok(None);
+        return Ok(());
     }
-
     let mut mail = format!("MAIL FROM:{}", message.from);
     if ext.size.is_some() {
         mail.push_str(&format!(" SIZE={}", message.size));
@@ -285,31 +453,31 @@ fn transaction(
         mail.push_str(" SMTPUTF8");
     }
     let envelope = at(Stage::Envelope);
-    conn.send(&mail).map_err(envelope)?;
+    conn.send(&mail).map_err(&envelope)?;
     let mail_reply = if ext.pipelining {
         for rcpt in message.recipients {
-            conn.send(&format!("RCPT TO:{rcpt}")).map_err(envelope)?;
+            conn.send(&format!("RCPT TO:{rcpt}")).map_err(&envelope)?;
         }
-        conn.send("DATA").map_err(envelope)?;
-        conn.flush().map_err(envelope)?;
-        conn.reply().map_err(envelope)?
+        conn.send("DATA").map_err(&envelope)?;
+        conn.flush().map_err(&envelope)?;
+        conn.reply().map_err(&envelope)?
     } else {
-        conn.flush().map_err(envelope)?;
-        let reply = conn.reply().map_err(envelope)?;
+        conn.flush().map_err(&envelope)?;
+        let reply = conn.reply().map_err(&envelope)?;
         if reply.class() != 2 {
             fail_all(open, reply.outcome("MAIL FROM"));
-            return Ok(None);
+            return Ok(());
         }
         reply
     };
     let mut accepted = Vec::new();
     for (i, rcpt) in message.recipients.iter().enumerate() {
-        if !ext.pipelining {
-            conn.send(&format!("RCPT TO:{rcpt}"))
-                .and_then(|()| conn.flush())
-                .map_err(envelope)?;
+        let reply = if ext.pipelining {
+            conn.reply()
+        } else {
+            conn.command(&format!("RCPT TO:{rcpt}"))
         }
-        let reply = conn.reply().map_err(envelope)?;
+        .map_err(&envelope)?;
         if mail_reply.class() != 2 {
             continue;
         }
@@ -318,44 +486,36 @@ fn transaction(
             refused => open[i] = Some(refused),
         }
     }
-    if !ext.pipelining && !accepted.is_empty() {
-        conn.send("DATA")
-            .and_then(|()| conn.flush())
-            .map_err(envelope)?;
-    }
-    let data_reply = if ext.pipelining || !accepted.is_empty() {
-        Some(conn.reply().map_err(envelope)?)
-    } else {
-        None
+    let data_reply = match (ext.pipelining, accepted.is_empty()) {
+        (true, _) => conn.reply().map_err(&envelope)?,
+        (false, false) => conn.command("DATA").map_err(&envelope)?,
+        (false, true) => return Ok(()),
     };
     if mail_reply.class() != 2 {
         fail_all(open, mail_reply.outcome("MAIL FROM"));
     }
-    let Some(data_reply) = data_reply else {
-        return Ok(None);
-    };
     if data_reply.code != 354 {
         for &i in &accepted {
             open[i] = Some(data_reply.outcome("DATA"));
         }
-        return Ok(None);
+        return Ok(());
     }
     conn.timeout(timeouts.data).map_err(at(Stage::Data))?;
     if accepted.is_empty() || mail_reply.class() != 2 {
         // The server wants a message nobody will get: end it at once (RFC 2920 3.1).
-        conn.send(".")
-            .and_then(|()| conn.flush())
-            .map_err(at(Stage::Data))?;
-        let _ = conn.reply();
-        return Ok(None);
+        let _ = conn.command(".");
+        return Ok(());
     }
-    send_message(&mut conn.writer, message.path).map_err(at(Stage::Data))?;
-    conn.flush().map_err(at(Stage::Data))?;
+    let mut writer = BufWriter::with_capacity(64 * 1024, conn.reader.get_mut());
+    send_message(&mut writer, message.path)
+        .and_then(|()| writer.flush())
+        .map_err(at(Stage::Data))?;
+    drop(writer);
     let final_reply = conn.reply().map_err(at(Stage::Data))?;
     for &i in &accepted {
         open[i] = Some(final_reply.outcome("end of DATA"));
     }
-    Ok(None)
+    Ok(())
 }
 
 /// Copies the message with dot-stuffing, then the terminator. The queued message ends with
@@ -422,6 +582,7 @@ mod tests {
                 pipelining: true,
                 eight_bit: true,
                 smtputf8: true,
+                starttls: true,
                 size: Some(1000)
             }
         );

@@ -28,6 +28,7 @@ use crate::directory::{Directory, LocalTable};
 use crate::envelope::{Envelope, Recipient, Status};
 use crate::smtp::address::{ForwardPath, ReversePath};
 use crate::spool::Spool;
+use crate::tls::ClientTls;
 use bounce::Failure;
 use client::{Attempt, Timeouts};
 use mx::{Dns, DnsFailure};
@@ -53,6 +54,7 @@ struct Context {
     directory: Arc<Directory>,
     /// Where new messages (bounces) are announced, as sessions do.
     queued: Sender<String>,
+    tls: ClientTls,
 }
 
 /// Starts the scheduler and the workers with the ids recovered at start; returns the sender
@@ -75,6 +77,7 @@ pub fn start(
         spool,
         directory,
         queued: queued.clone(),
+        tls: ClientTls::new().map_err(std::io::Error::other)?,
     });
     for n in 0..config.delivery_threads {
         let (context, work_rx, results) = (Arc::clone(&context), work_rx.clone(), results.clone());
@@ -389,13 +392,17 @@ impl Context {
             for ip in &host.addrs {
                 let port = self.config.smtp_port;
                 let relay = format!("{}[{ip}]:{port}", host.name);
-                match client::deliver(
-                    std::net::SocketAddr::new(*ip, port),
-                    &self.config.hostname,
-                    &message,
-                    timeouts,
-                ) {
-                    Attempt::Done(outcomes) => return (outcomes, relay),
+                let tls = client::Tls {
+                    mode: self.config.smtp_tls,
+                    config: self.tls.config(self.config.smtp_tls),
+                    server_name: &host.name,
+                };
+                let addr = std::net::SocketAddr::new(*ip, port);
+                match client::deliver(addr, &self.config.hostname, &message, timeouts, &tls) {
+                    Attempt::Done { outcomes, tls } => {
+                        let tls = if tls { "yes" } else { "no" };
+                        return (outcomes, format!("{relay}, tls={tls}"));
+                    }
                     Attempt::NextServer(why) => {
                         log::info!("{domain}: {relay} not used: {why}");
                         last = Some(why);
