@@ -7,31 +7,34 @@ use std::fs;
 use std::path::Path;
 
 use common::dns::DnsServer;
-use common::sink::Sink;
+use common::sink::{tls_config, Sink};
 use common::{queue_id, wait_until, Client, Server};
 
 /// A sending server wired to `dns`, delivering to port `port` of whatever the MX records say.
 fn sender(name: &str, dns: &DnsServer, port: u16) -> Server {
+    sender_with(name, dns, port, &[])
+}
+
+fn sender_with(name: &str, dns: &DnsServer, port: u16, extra: &[&str]) -> Server {
     let (dns, port) = (dns.addr.to_string(), port.to_string());
-    Server::start(
-        name,
-        &[
-            "--delivery-threads",
-            "2",
-            "--retry-schedule",
-            "1s",
-            "--dns-server",
-            &dns,
-            "--smtp-port",
-            &port,
-            "--smtp-connect-timeout",
-            "2s",
-            "--smtp-command-timeout",
-            "5s",
-            "--smtp-data-timeout",
-            "5s",
-        ],
-    )
+    let mut args = vec![
+        "--delivery-threads",
+        "2",
+        "--retry-schedule",
+        "1s",
+        "--dns-server",
+        &dns,
+        "--smtp-port",
+        &port,
+        "--smtp-connect-timeout",
+        "2s",
+        "--smtp-command-timeout",
+        "5s",
+        "--smtp-data-timeout",
+        "5s",
+    ];
+    args.extend_from_slice(extra);
+    Server::start(name, &args)
 }
 
 fn send(server: &Server, from: &str, to: &[&str], body: &[u8]) -> String {
@@ -359,4 +362,84 @@ fn a_second_postilion_as_the_mx_puts_mail_in_its_maildir() {
             "status=sent (250 2.0.0 Ok: queued as",
         ],
     );
+}
+
+/// A sink at 127.0.0.3 that is the MX of `domain`.
+fn mx_sink(dns: &DnsServer, domain: &str) -> Sink {
+    let sink = Sink::start("127.0.0.3:0");
+    dns.mx(domain, 10, &format!("mx.{domain}"));
+    dns.a(&format!("mx.{domain}"), "127.0.0.3");
+    sink
+}
+
+#[test]
+fn starttls_is_used_whenever_offered() {
+    let dns = DnsServer::start();
+    let sink = mx_sink(&dns, "tls.test");
+    sink.set(|b| b.starttls = Some(tls_config("mx.tls.test")));
+    let server = sender("starttls", &dns, sink.addr.port());
+    let id = send(&server, "ann@client.test", &["g@tls.test"], b"secret\r\n");
+    wait_for_log_with(
+        &server,
+        &[
+            &format!("{id}: to=<g@tls.test>, relay=mx.tls.test[127.0.0.3]"),
+            "tls=yes",
+            "status=sent",
+        ],
+    );
+    let got = sink.messages();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].tls, "the message did not come over TLS");
+    assert!(got[0].message.ends_with(b"secret\r\n"));
+}
+
+#[test]
+fn encrypt_mode_refuses_a_receiver_without_starttls() {
+    let dns = DnsServer::start();
+    let sink = mx_sink(&dns, "plaintext.test");
+    let server = sender_with(
+        "encrypt",
+        &dns,
+        sink.addr.port(),
+        &["--smtp-tls", "encrypt"],
+    );
+    let id = send(
+        &server,
+        "ann@client.test",
+        &["h@plaintext.test"],
+        b"not in clear\r\n",
+    );
+    wait_for_log_with(
+        &server,
+        &[
+            &format!("{id}: to=<h@plaintext.test>"),
+            "status=deferred",
+            "does not offer STARTTLS",
+        ],
+    );
+    assert!(sink.messages().is_empty());
+    // Once the receiver offers STARTTLS, the retry goes through, encrypted.
+    sink.set(|b| b.starttls = Some(tls_config("mx.plaintext.test")));
+    wait_until("delivery over TLS", || sink.messages().len() == 1);
+    assert!(sink.messages()[0].tls);
+}
+
+#[test]
+fn verify_mode_refuses_a_self_signed_certificate() {
+    let dns = DnsServer::start();
+    let sink = mx_sink(&dns, "selfsigned.test");
+    sink.set(|b| b.starttls = Some(tls_config("mx.selfsigned.test")));
+    let server = sender_with("verify", &dns, sink.addr.port(), &["--smtp-tls", "verify"]);
+    let id = send(
+        &server,
+        "ann@client.test",
+        &["i@selfsigned.test"],
+        b"checked\r\n",
+    );
+    let line = wait_for_log_with(
+        &server,
+        &[&format!("{id}: to=<i@selfsigned.test>"), "status=deferred"],
+    );
+    assert!(line.contains("TLS with 127.0.0.3"), "{line}");
+    assert!(sink.messages().is_empty());
 }

@@ -1,12 +1,91 @@
 //! A scriptable receiving SMTP server: answers 2xx by default, or 4xx/5xx per recipient or
-//! per message, or drops the connection in the middle of DATA, on command. It records every
+//! per message, or drops the connection in the middle of DATA, on command; offers STARTTLS
+//! (rustls, an rcgen certificate) and AUTH PLAIN/LOGIN when told to. It records every
 //! message it accepted, with the raw bytes as they arrived (dot-stuffed) and unstuffed.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
+
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+
+/// A server TLS configuration with a fresh self-signed certificate for `name`.
+pub fn tls_config(name: &str) -> Arc<ServerConfig> {
+    let certified = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        certified.signing_key.serialize_der(),
+    ));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+    Arc::new(config)
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+fn handshake(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Stream> {
+    let mut tls = StreamOwned::new(
+        ServerConnection::new(config).map_err(io::Error::other)?,
+        tcp,
+    );
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(Stream::Tls(Box::new(tls)))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct Received {
@@ -17,6 +96,10 @@ pub struct Received {
     /// The message after removing dot-stuffing.
     pub message: Vec<u8>,
     pub mail_params: String,
+    /// The message came over TLS.
+    pub tls: bool,
+    /// The user that authenticated, if any.
+    pub auth: Option<String>,
 }
 
 /// What the sink does; change it while it runs.
@@ -29,6 +112,12 @@ pub struct Behaviour {
     pub final_replies: VecDeque<String>,
     /// Drop the connection after this many DATA lines, for the next N messages.
     pub drop_in_data: usize,
+    /// Offer STARTTLS with this configuration.
+    pub starttls: Option<Arc<ServerConfig>>,
+    /// Speak TLS from the first byte (port 465 style).
+    pub implicit_tls: Option<Arc<ServerConfig>>,
+    /// Offer AUTH PLAIN LOGIN (after TLS only) and accept this user and password.
+    pub auth: Option<(String, String)>,
 }
 
 impl Default for Behaviour {
@@ -43,6 +132,9 @@ impl Default for Behaviour {
             rcpt: HashMap::new(),
             final_replies: VecDeque::new(),
             drop_in_data: 0,
+            starttls: None,
+            implicit_tls: None,
+            auth: None,
         }
     }
 }
@@ -95,12 +187,19 @@ fn serve(
     stream: TcpStream,
     received: &Mutex<Vec<Received>>,
     behaviour: &Mutex<Behaviour>,
-) -> std::io::Result<()> {
-    let mut out = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    out.write_all(b"220 sink.test ESMTP test sink\r\n")?;
+) -> io::Result<()> {
+    let implicit = behaviour.lock().unwrap().implicit_tls.clone();
+    let mut reader = BufReader::new(match implicit {
+        Some(config) => handshake(config, stream)?,
+        None => Stream::Plain(stream),
+    });
+    reader
+        .get_mut()
+        .write_all(b"220 sink.test ESMTP test sink\r\n")?;
     let mut current = Received::default();
+    let mut authenticated: Option<String> = None;
     loop {
+        let is_tls = matches!(reader.get_ref(), Stream::Tls(_));
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
             return Ok(());
@@ -109,15 +208,71 @@ fn serve(
         let verb = command.split(' ').next().unwrap_or("").to_ascii_uppercase();
         let reply = match verb.as_str() {
             "EHLO" => {
-                let ehlo = behaviour.lock().unwrap().ehlo.clone();
+                let b = behaviour.lock().unwrap().clone();
                 let mut lines = vec!["sink.test".to_string()];
-                lines.extend(ehlo);
+                lines.extend(b.ehlo);
+                if b.starttls.is_some() && !is_tls {
+                    lines.push("STARTTLS".into());
+                }
+                if b.auth.is_some() && is_tls {
+                    lines.push("AUTH PLAIN LOGIN".into());
+                }
                 let last = lines.len() - 1;
                 lines
                     .iter()
                     .enumerate()
                     .map(|(i, l)| format!("250{}{l}\r\n", if i == last { ' ' } else { '-' }))
                     .collect()
+            }
+            "STARTTLS" => {
+                let config = behaviour.lock().unwrap().starttls.clone();
+                match (config, reader.into_inner()) {
+                    (Some(config), Stream::Plain(mut tcp)) => {
+                        tcp.write_all(b"220 2.0.0 go ahead\r\n")?;
+                        reader = BufReader::new(handshake(config, tcp)?);
+                        current = Received::default();
+                        continue;
+                    }
+                    (_, stream) => {
+                        reader = BufReader::new(stream);
+                        "502 5.5.1 no TLS here\r\n".to_string()
+                    }
+                }
+            }
+            "AUTH" => {
+                let expected = behaviour.lock().unwrap().auth.clone().filter(|_| is_tls);
+                let Some((user, pass)) = expected else {
+                    reader.get_mut().write_all(b"503 5.5.1 no AUTH here\r\n")?;
+                    continue;
+                };
+                let words: Vec<&str> = command.split(' ').collect();
+                let mut ask = |prompt: &[u8]| -> io::Result<String> {
+                    reader.get_mut().write_all(prompt)?;
+                    let mut answer = String::new();
+                    reader.read_line(&mut answer)?;
+                    Ok(answer.trim_end().to_string())
+                };
+                let ok = match words.get(1).map(|m| m.to_ascii_uppercase()).as_deref() {
+                    Some("PLAIN") => {
+                        let given = match words.get(2) {
+                            Some(given) => given.to_string(),
+                            None => ask(b"334 \r\n")?,
+                        };
+                        given == b64(format!("\0{user}\0{pass}").as_bytes())
+                    }
+                    Some("LOGIN") => {
+                        let u = ask(b"334 VXNlcm5hbWU6\r\n")?;
+                        let p = ask(b"334 UGFzc3dvcmQ6\r\n")?;
+                        u == b64(user.as_bytes()) && p == b64(pass.as_bytes())
+                    }
+                    _ => false,
+                };
+                if ok {
+                    authenticated = Some(user);
+                    "235 2.7.0 authenticated\r\n".to_string()
+                } else {
+                    "535 5.7.8 bad credentials\r\n".to_string()
+                }
             }
             "HELO" => "250 sink.test\r\n".to_string(),
             "MAIL" => {
@@ -126,6 +281,8 @@ fn serve(
                 let end = rest.find('>').map_or(rest.len(), |i| i + 1);
                 current.from = rest[..end].to_string();
                 current.mail_params = rest[end..].trim().to_string();
+                current.tls = is_tls;
+                current.auth = authenticated.clone();
                 "250 2.1.0 ok\r\n".to_string()
             }
             "RCPT" => {
@@ -146,7 +303,7 @@ fn serve(
             }
             "DATA" if current.rcpts.is_empty() => "554 5.5.1 no valid recipients\r\n".to_string(),
             "DATA" => {
-                out.write_all(b"354 go ahead\r\n")?;
+                reader.get_mut().write_all(b"354 go ahead\r\n")?;
                 let drop_after = {
                     let mut b = behaviour.lock().unwrap();
                     if b.drop_in_data > 0 {
@@ -188,11 +345,11 @@ fn serve(
             }
             "RSET" | "NOOP" => "250 2.0.0 ok\r\n".to_string(),
             "QUIT" => {
-                out.write_all(b"221 2.0.0 bye\r\n")?;
+                reader.get_mut().write_all(b"221 2.0.0 bye\r\n")?;
                 return Ok(());
             }
             _ => "500 5.5.2 unknown\r\n".to_string(),
         };
-        out.write_all(reply.as_bytes())?;
+        reader.get_mut().write_all(reply.as_bytes())?;
     }
 }
