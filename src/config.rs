@@ -44,6 +44,8 @@ pub const KEYS: &[Key] = &[
     Key { name: "smtp_port", default: "25", help: "port of remote MX hosts" },
     Key { name: "dns_server", default: "", help: "DNS server as IP:PORT for MX lookups (empty: /etc/resolv.conf)" },
     Key { name: "smtp_tls", default: "may", help: "STARTTLS to remote servers: none, may (when offered), encrypt (always), verify (and check the certificate)" },
+    Key { name: "relayhost", default: "", help: "send all remote mail to this smarthost, host:port (465: implicit TLS; else STARTTLS)" },
+    Key { name: "relayhost_auth_file", default: "", help: "file with one 'username:password' line for AUTH at the relayhost (only over TLS)" },
     Key { name: "smtp_connect_timeout", default: "30s", help: "time allowed to connect to a remote server" },
     Key { name: "smtp_command_timeout", default: "5m", help: "time allowed for each remote reply (RFC 5321 4.5.3.2.1-4)" },
     Key { name: "smtp_data_timeout", default: "10m", help: "time allowed to send a message and get the final reply (4.5.3.2.5-6)" },
@@ -75,6 +77,9 @@ pub struct Config {
     pub smtp_port: u16,
     pub dns_server: Option<SocketAddr>,
     pub smtp_tls: TlsMode,
+    /// Host and port of the smarthost.
+    pub relayhost: Option<(String, u16)>,
+    pub relayhost_auth_file: Option<PathBuf>,
     pub smtp_connect_timeout: Duration,
     pub smtp_command_timeout: Duration,
     pub smtp_data_timeout: Duration,
@@ -193,6 +198,22 @@ impl RawConfig {
         if !local_domains.contains(&hostname.to_lowercase()) {
             local_domains.push(hostname.to_lowercase());
         }
+        if self
+            .values
+            .get("relayhost_auth_file")
+            .is_some_and(|(v, _)| !v.is_empty())
+            && self
+                .values
+                .get("relayhost")
+                .is_some_and(|(v, _)| v.is_empty())
+        {
+            let (_, source) = &self.values["relayhost_auth_file"];
+            return Err(ConfigError {
+                source: source.clone(),
+                key: "relayhost_auth_file".into(),
+                message: "is only used with relayhost, which is not set".into(),
+            });
+        }
         Ok(Config {
             listen: self.get("listen", |v| {
                 let addrs = list(v)
@@ -249,6 +270,10 @@ impl RawConfig {
                     .map_err(|_| format!("'{v}' is not IP:PORT (like 127.0.0.1:53)")),
             })?,
             smtp_tls: self.get("smtp_tls", str::parse)?,
+            relayhost: self.get("relayhost", relayhost)?,
+            relayhost_auth_file: self.get("relayhost_auth_file", |v| {
+                Ok((!v.is_empty()).then(|| PathBuf::from(v)))
+            })?,
             smtp_connect_timeout: self.get("smtp_connect_timeout", duration)?,
             smtp_command_timeout: self.get("smtp_command_timeout", duration)?,
             smtp_data_timeout: self.get("smtp_data_timeout", duration)?,
@@ -287,6 +312,33 @@ impl RawConfig {
         }
         out
     }
+}
+
+/// `host`, `host:port`, `[host]:port` or `[IPv6]:port`; the port defaults to 25.
+fn relayhost(value: &str) -> Result<Option<(String, u16)>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let bad = || format!("'{value}' is not host:port (like smtp.example.org:587)");
+    let (host, port) = match value.strip_prefix('[') {
+        Some(rest) => {
+            let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+            (host, after.strip_prefix(':'))
+        }
+        None if value.matches(':').count() == 1 => {
+            let (host, port) = value.split_once(':').ok_or_else(bad)?;
+            (host, Some(port))
+        }
+        None => (value, None),
+    };
+    let port = match port {
+        Some(p) => p.parse::<u16>().ok().filter(|&p| p > 0).ok_or_else(bad)?,
+        None => 25,
+    };
+    if !(address::is_domain(host) || host.parse::<std::net::IpAddr>().is_ok()) {
+        return Err(bad());
+    }
+    Ok(Some((host.to_string(), port)))
 }
 
 fn list(value: &str) -> impl Iterator<Item = &str> {
@@ -451,6 +503,26 @@ mod tests {
             raw.build("h").unwrap_err().to_string(),
             "--command-timeout: 'soon' is not a duration (like 300, 90s, 5m or 1h)"
         );
+    }
+
+    #[test]
+    fn relayhosts() {
+        assert_eq!(relayhost(""), Ok(None));
+        assert_eq!(
+            relayhost("smtp.example.org:587"),
+            Ok(Some(("smtp.example.org".into(), 587)))
+        );
+        assert_eq!(
+            relayhost("smtp.example.org"),
+            Ok(Some(("smtp.example.org".into(), 25)))
+        );
+        assert_eq!(
+            relayhost("[192.0.2.1]:465"),
+            Ok(Some(("192.0.2.1".into(), 465)))
+        );
+        assert_eq!(relayhost("[::1]:587"), Ok(Some(("::1".into(), 587))));
+        assert!(relayhost("smtp.example.org:http").is_err());
+        assert!(relayhost("bad_host:25").is_err());
     }
 
     #[test]

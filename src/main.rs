@@ -4,6 +4,7 @@
 #![deny(unused_must_use)]
 
 mod aliases;
+mod auth;
 mod config;
 mod datetime;
 mod delivery;

@@ -443,3 +443,120 @@ fn verify_mode_refuses_a_self_signed_certificate() {
     assert!(line.contains("TLS with 127.0.0.3"), "{line}");
     assert!(sink.messages().is_empty());
 }
+
+/// A sender whose remote mail all goes to `relayhost`, authenticating with relay-user.
+fn smarthost_sender(name: &str, relayhost: &str, password: &str) -> (Server, common::TempDir) {
+    let secrets = common::TempDir::new(&format!("{name}-secrets"));
+    let auth_file = secrets.0.join("relay_auth");
+    fs::write(
+        &auth_file,
+        format!("# smarthost login\nrelay-user:{password}\n"),
+    )
+    .unwrap();
+    let auth_file = auth_file.to_string_lossy().into_owned();
+    let dns = DnsServer::start(); // no records: the relayhost is used, not MX
+    let server = sender_with(
+        name,
+        &dns,
+        1,
+        &[
+            "--relayhost",
+            relayhost,
+            "--relayhost-auth-file",
+            &auth_file,
+        ],
+    );
+    (server, secrets)
+}
+
+fn auth_sink(addr: &str) -> Sink {
+    let sink = Sink::start(addr);
+    sink.set(|b| b.auth = Some(("relay-user".into(), "s3cret:pw".into())));
+    sink
+}
+
+#[test]
+fn smarthost_with_auth_over_starttls() {
+    let sink = auth_sink("127.0.0.3:0");
+    sink.set(|b| b.starttls = Some(tls_config("smarthost.test")));
+    let relayhost = sink.addr.to_string();
+    let (server, _secrets) = smarthost_sender("smarthost", &relayhost, "s3cret:pw");
+    let id = send(
+        &server,
+        "ann@client.test",
+        &["j@anywhere.test", "k@elsewhere.test"],
+        b"via the smarthost\r\n",
+    );
+    wait_until("both domains relayed", || sink.messages().len() == 2);
+    for got in sink.messages() {
+        assert!(
+            got.tls && got.auth.as_deref() == Some("relay-user"),
+            "{got:?}"
+        );
+    }
+    wait_for_log_with(
+        &server,
+        &[
+            &format!("{id}: to=<j@anywhere.test>, relay=127.0.0.3[127.0.0.3]:"),
+            "tls=yes",
+            "status=sent",
+        ],
+    );
+    assert!(
+        !server.log_lines().iter().any(|l| l.contains("s3cret")),
+        "the password must never be logged"
+    );
+}
+
+#[test]
+fn smarthost_on_port_465_speaks_tls_from_the_start() {
+    let listener = std::net::TcpListener::bind("127.0.0.6:465");
+    if listener.is_err() {
+        eprintln!("SKIPPED: cannot bind 127.0.0.6:465 (not root?)");
+        return;
+    }
+    drop(listener);
+    let sink = auth_sink("127.0.0.6:465");
+    sink.set(|b| b.implicit_tls = Some(tls_config("smarthost.test")));
+    let (server, _secrets) = smarthost_sender("smarthost465", "127.0.0.6:465", "s3cret:pw");
+    send(
+        &server,
+        "ann@client.test",
+        &["l@anywhere.test"],
+        b"wrapped\r\n",
+    );
+    wait_until("relayed", || sink.messages().len() == 1);
+    assert!(sink.messages()[0].tls && sink.messages()[0].auth.is_some());
+}
+
+#[test]
+fn credentials_never_go_over_plaintext_and_a_wrong_password_defers() {
+    let sink = auth_sink("127.0.0.3:0");
+    let relayhost = sink.addr.to_string();
+    let (server, _secrets) = smarthost_sender("noauthplain", &relayhost, "s3cret:pw");
+    let id = send(&server, "ann@client.test", &["m@anywhere.test"], b"x\r\n");
+    wait_for_log_with(
+        &server,
+        &[
+            &format!("{id}: to=<m@anywhere.test>"),
+            "status=deferred",
+            "does not offer STARTTLS",
+        ],
+    );
+    assert!(sink.messages().is_empty());
+
+    let sink = auth_sink("127.0.0.3:0");
+    sink.set(|b| b.starttls = Some(tls_config("smarthost.test")));
+    let relayhost = sink.addr.to_string();
+    let (server, _secrets) = smarthost_sender("badpassword", &relayhost, "wrong");
+    let id = send(&server, "ann@client.test", &["n@anywhere.test"], b"x\r\n");
+    wait_for_log_with(
+        &server,
+        &[
+            &format!("{id}: to=<n@anywhere.test>"),
+            "status=deferred",
+            "authentication as relay-user failed: 535",
+        ],
+    );
+    assert!(sink.messages().is_empty());
+}

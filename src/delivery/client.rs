@@ -16,6 +16,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use super::Outcome;
+use crate::auth::{self, Credentials};
 use crate::smtp::address::{ForwardPath, ReversePath};
 use crate::tls::TlsMode;
 
@@ -43,12 +44,16 @@ pub struct Message<'a> {
     pub smtputf8: bool,
 }
 
-/// How to use TLS with one server.
-pub struct Tls<'a> {
+/// How to protect the connection to one server: TLS, and AUTH for a smarthost.
+pub struct Security<'a> {
     pub mode: TlsMode,
     pub config: Arc<ClientConfig>,
-    /// The MX host name, for SNI and (in `verify` mode) the certificate check.
+    /// The host name, for SNI and (in `verify` mode) the certificate check.
     pub server_name: &'a str,
+    /// TLS from the first byte (port 465) instead of STARTTLS.
+    pub implicit: bool,
+    /// Authenticate with these; never without TLS.
+    pub auth: Option<&'a Credentials>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -96,6 +101,8 @@ pub struct Extensions {
     pub eight_bit: bool,
     pub smtputf8: bool,
     pub starttls: bool,
+    /// `AUTH` mechanisms, upper-case.
+    pub auth: Vec<String>,
     /// `SIZE n`; `Some(0)` means "no fixed limit".
     pub size: Option<u64>,
 }
@@ -109,6 +116,7 @@ pub fn extensions(ehlo: &ServerReply) -> Extensions {
             Some("8BITMIME") => ext.eight_bit = true,
             Some("SMTPUTF8") => ext.smtputf8 = true,
             Some("STARTTLS") => ext.starttls = true,
+            Some("AUTH") => ext.auth = words.by_ref().map(str::to_ascii_uppercase).collect(),
             Some("SIZE") => ext.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
             _ => {}
         }
@@ -194,7 +202,7 @@ impl Connection {
 
     /// After `220` to STARTTLS: the handshake, then everything goes through TLS. Bytes the
     /// server sent before the handshake would be an injection (CVE-2011-0411): refused.
-    fn start_tls(&mut self, tls: &Tls) -> io::Result<()> {
+    fn start_tls(&mut self, tls: &Security) -> io::Result<()> {
         if !self.reader.buffer().is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -260,15 +268,17 @@ pub fn deliver(
     helo: &str,
     message: &Message,
     timeouts: Timeouts,
-    tls: &Tls,
+    tls: &Security,
 ) -> Attempt {
     match deliver_once(addr, helo, message, timeouts, tls) {
-        Err(why) if tls.mode == TlsMode::May => {
+        Err(why) if tls.mode == TlsMode::May && tls.auth.is_none() && !tls.implicit => {
             log::info!("{addr}: {why}; trying again without TLS");
-            let plain = Tls {
+            let plain = Security {
                 mode: TlsMode::None,
                 config: Arc::clone(&tls.config),
                 server_name: tls.server_name,
+                implicit: false,
+                auth: None,
             };
             deliver_once(addr, helo, message, timeouts, &plain).unwrap_or_else(Attempt::NextServer)
         }
@@ -282,7 +292,7 @@ fn deliver_once(
     helo: &str,
     message: &Message,
     timeouts: Timeouts,
-    tls: &Tls,
+    tls: &Security,
 ) -> Result<Attempt, String> {
     let stream = match TcpStream::connect_timeout(&addr, timeouts.connect) {
         Ok(stream) => stream,
@@ -293,6 +303,14 @@ fn deliver_once(
         reader: BufReader::new(Transport::Plain(stream)),
         out: Vec::with_capacity(1024),
     };
+    if tls.implicit {
+        let handshake = conn
+            .timeout(timeouts.command)
+            .and_then(|()| conn.start_tls(tls));
+        if let Err(e) = handshake {
+            return Ok(Attempt::NextServer(format!("TLS with {addr} failed: {e}")));
+        }
+    }
     let mut open: Vec<Option<Outcome>> = vec![None; message.recipients.len()];
     let result = hello(&mut conn, helo, timeouts, tls).and_then(|hello| match hello {
         Ok(ext) => transaction(&mut conn, &ext, message, timeouts, &mut open).map(|()| None),
@@ -361,7 +379,7 @@ fn hello(
     conn: &mut Connection,
     helo: &str,
     timeouts: Timeouts,
-    tls: &Tls,
+    tls: &Security,
 ) -> Step<Result<Extensions, String>> {
     conn.timeout(timeouts.command)
         .map_err(at(Stage::Greeting))?;
@@ -372,7 +390,7 @@ fn hello(
     let ehlo = conn
         .command(&format!("EHLO {helo}"))
         .map_err(at(Stage::Hello))?;
-    let must_encrypt = matches!(tls.mode, TlsMode::Encrypt | TlsMode::Verify);
+    let must_encrypt = matches!(tls.mode, TlsMode::Encrypt | TlsMode::Verify) || tls.auth.is_some();
     if ehlo.class() != 2 {
         if must_encrypt {
             return Ok(Err(format!(
@@ -389,8 +407,8 @@ fn hello(
         return Ok(Ok(Extensions::default()));
     }
     let ext = extensions(&ehlo);
-    if tls.mode == TlsMode::None || (!ext.starttls && !must_encrypt) {
-        return Ok(Ok(ext));
+    if conn.is_tls() || (!must_encrypt && (tls.mode == TlsMode::None || !ext.starttls)) {
+        return authenticate(conn, ext, tls);
     }
     if !ext.starttls {
         return Ok(Err(format!(
@@ -413,7 +431,49 @@ fn hello(
     if ehlo.class() != 2 {
         return Ok(Err(format!("EHLO after STARTTLS: {}", ehlo.summary())));
     }
-    Ok(Ok(extensions(&ehlo)))
+    authenticate(conn, extensions(&ehlo), tls)
+}
+
+/// AUTH PLAIN (or LOGIN) when credentials are set, over TLS only; never logs them.
+fn authenticate(
+    conn: &mut Connection,
+    ext: Extensions,
+    security: &Security,
+) -> Step<Result<Extensions, String>> {
+    let Some(credentials) = security.auth else {
+        return Ok(Ok(ext));
+    };
+    if !conn.is_tls() {
+        return Ok(Err("refusing to send credentials without TLS".into()));
+    }
+    let hello = at(Stage::Hello);
+    let reply = if ext.auth.iter().any(|m| m == "PLAIN") {
+        conn.command(&format!("AUTH PLAIN {}", credentials.plain()))
+            .map_err(&hello)?
+    } else if ext.auth.iter().any(|m| m == "LOGIN") {
+        let mut reply = conn.command("AUTH LOGIN").map_err(&hello)?;
+        for answer in [&credentials.user, &credentials.password] {
+            if reply.code != 334 {
+                break;
+            }
+            reply = conn
+                .command(&auth::base64(answer.as_bytes()))
+                .map_err(&hello)?;
+        }
+        reply
+    } else {
+        return Ok(Err(
+            "the server offers neither AUTH PLAIN nor AUTH LOGIN".into()
+        ));
+    };
+    match reply.code {
+        235 => Ok(Ok(ext)),
+        _ => Ok(Err(format!(
+            "authentication as {} failed: {}",
+            credentials.user,
+            reply.summary()
+        ))),
+    }
 }
 
 /// MAIL, RCPT, DATA and the message, filling `open` with each recipient's outcome.
@@ -583,6 +643,7 @@ mod tests {
                 eight_bit: true,
                 smtputf8: true,
                 starttls: true,
+                auth: Vec::new(),
                 size: Some(1000)
             }
         );

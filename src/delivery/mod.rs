@@ -22,13 +22,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
+use crate::auth::Credentials;
 use crate::config::Config;
 use crate::datetime;
 use crate::directory::{Directory, LocalTable};
 use crate::envelope::{Envelope, Recipient, Status};
 use crate::smtp::address::{ForwardPath, ReversePath};
 use crate::spool::Spool;
-use crate::tls::ClientTls;
+use crate::tls::{ClientTls, TlsMode};
 use bounce::Failure;
 use client::{Attempt, Timeouts};
 use mx::{Dns, DnsFailure};
@@ -55,6 +56,8 @@ struct Context {
     /// Where new messages (bounces) are announced, as sessions do.
     queued: Sender<String>,
     tls: ClientTls,
+    /// For AUTH at the relayhost.
+    relay_credentials: Option<Credentials>,
 }
 
 /// Starts the scheduler and the workers with the ids recovered at start; returns the sender
@@ -78,6 +81,10 @@ pub fn start(
         directory,
         queued: queued.clone(),
         tls: ClientTls::new().map_err(std::io::Error::other)?,
+        relay_credentials: match &config.relayhost_auth_file {
+            Some(path) => Some(Credentials::load(path).map_err(std::io::Error::other)?),
+            None => None,
+        },
     });
     for n in 0..config.delivery_threads {
         let (context, work_rx, results) = (Arc::clone(&context), work_rx.clone(), results.clone());
@@ -357,7 +364,7 @@ impl Context {
                 )
             }
         };
-        let hosts = match dns.mx_hosts(domain, next_random(&mut worker.random)) {
+        let hosts = match self.targets(dns, domain, next_random(&mut worker.random)) {
             Ok(hosts) => hosts,
             Err(DnsFailure::NullMx) => {
                 let why = format!("556 5.1.10 {domain} accepts no mail (null MX)");
@@ -388,14 +395,27 @@ impl Context {
             data: self.config.smtp_data_timeout,
         };
         let mut last = None;
+        let (port, mode) = match &self.config.relayhost {
+            // Credentials never travel in clear: TLS is required with them.
+            Some((_, port)) if self.relay_credentials.is_some() => match self.config.smtp_tls {
+                TlsMode::Verify => (*port, TlsMode::Verify),
+                _ => (*port, TlsMode::Encrypt),
+            },
+            Some((_, port)) => (*port, self.config.smtp_tls),
+            None => (self.config.smtp_port, self.config.smtp_tls),
+        };
         for host in &hosts {
             for ip in &host.addrs {
-                let port = self.config.smtp_port;
                 let relay = format!("{}[{ip}]:{port}", host.name);
-                let tls = client::Tls {
-                    mode: self.config.smtp_tls,
-                    config: self.tls.config(self.config.smtp_tls),
+                let tls = client::Security {
+                    mode,
+                    config: self.tls.config(mode),
                     server_name: &host.name,
+                    implicit: self.config.relayhost.is_some() && port == 465,
+                    auth: self
+                        .relay_credentials
+                        .as_ref()
+                        .filter(|_| self.config.relayhost.is_some()),
                 };
                 let addr = std::net::SocketAddr::new(*ip, port);
                 match client::deliver(addr, &self.config.hostname, &message, timeouts, &tls) {
@@ -411,8 +431,28 @@ impl Context {
             }
         }
         let why = last.unwrap_or_else(|| "no address to try".into());
-        let deferred = format!("451 4.4.1 no MX host of {domain} took the mail: {why}");
+        let deferred = format!("451 4.4.1 no server for {domain} took the mail: {why}");
         (all(Outcome::Deferred(deferred)), none())
+    }
+
+    /// The servers to try for `domain`: the relayhost if there is one, else the MX hosts.
+    fn targets(&self, dns: &Dns, domain: &str, random: u64) -> Result<Vec<mx::MxHost>, DnsFailure> {
+        let Some((host, _)) = &self.config.relayhost else {
+            return dns.mx_hosts(domain, random);
+        };
+        let addrs = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => dns.addresses(host).map_err(DnsFailure::Temporary)?,
+        };
+        if addrs.is_empty() {
+            return Err(DnsFailure::Temporary(format!(
+                "relayhost {host} has no address"
+            )));
+        }
+        Ok(vec![mx::MxHost {
+            name: host.clone(),
+            addrs,
+        }])
     }
 
     /// Applies the outcomes (one per recipient at `indexes`, or one for all) and logs each,

@@ -134,7 +134,7 @@ impl Dns {
     }
 
     /// AAAA then A records; an error string only for temporary failures.
-    fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+    pub fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
         let mut addrs = Vec::new();
         match self.runtime.block_on(self.resolver.ipv6_lookup(host)) {
             Ok(lookup) => addrs.extend(lookup.answers().iter().filter_map(|r| match &r.data {
