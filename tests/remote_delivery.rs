@@ -560,3 +560,82 @@ fn credentials_never_go_over_plaintext_and_a_wrong_password_defers() {
     );
     assert!(sink.messages().is_empty());
 }
+
+#[test]
+fn killed_while_delivering_then_restarted_sends_nothing_twice_and_loses_nothing() {
+    let dns = DnsServer::start();
+    let sink = mx_sink(&dns, "slow.test");
+    sink.set(|b| b.hold_final = true);
+    let dir = std::sync::Arc::new(common::TempDir::new("killdeliver"));
+    let (dns_addr, port) = (dns.addr.to_string(), sink.addr.port().to_string());
+    let args = [
+        "--delivery-threads",
+        "1",
+        "--retry-schedule",
+        "1s",
+        "--dns-server",
+        &dns_addr,
+        "--smtp-port",
+        &port,
+        "--smtp-data-timeout",
+        "60s",
+    ];
+    let mut server = Server::start_in(&dir.0, &args, Some(std::sync::Arc::clone(&dir)));
+    let id = send(
+        &server,
+        "ann@client.test",
+        &["alice@example.test", "o@slow.test"],
+        b"once only\r\n",
+    );
+    let alice = server.mail.join("alice");
+    wait_until("local delivery", || maildir(&alice).len() == 1);
+    // The remote server has the whole message and has not answered: kill -9 now.
+    wait_until("the remote transaction in flight", || {
+        *sink.held.lock().unwrap() == 1
+    });
+    server.kill();
+    let env = fs::read_to_string(dir.0.join(format!("spool/queue/{id}.env"))).unwrap();
+    assert!(
+        env.contains("Rcpt: <alice@example.test>\nStatus: delivered\n"),
+        "{env}"
+    );
+    assert!(
+        env.contains("Rcpt: <o@slow.test>\nStatus: pending\n"),
+        "{env}"
+    );
+
+    sink.set(|b| b.hold_final = false);
+    let server = Server::start_in(&dir.0, &args, Some(std::sync::Arc::clone(&dir)));
+    wait_until("the remote recipient delivered after the restart", || {
+        sink.messages().len() == 1
+    });
+    wait_until("the queue to empty", || server.queue_files("").is_empty());
+    assert_eq!(maildir(&alice).len(), 1, "alice must not get a second copy");
+    assert_eq!(sink.messages()[0].rcpts, ["o@slow.test"]);
+}
+
+#[test]
+fn an_expired_bounce_goes_to_postmaster_once_and_is_never_bounced() {
+    let dns = DnsServer::start();
+    dns.servfail("down.test");
+    let server = sender_with("expirebounce", &dns, 2525, &["--max-queue-lifetime", "1s"]);
+    send(
+        &server,
+        "",
+        &["p@down.test"],
+        b"a bounce nobody can take\r\n",
+    );
+    let postmaster = server.mail.join("postmaster");
+    wait_until("the notice to postmaster", || {
+        maildir(&postmaster).len() == 1
+    });
+    let notice = maildir(&postmaster).remove(0);
+    assert!(notice.contains("Subject: Undelivered Mail (a bounce) Returned to Postmaster"));
+    assert!(
+        notice.contains("Final-Recipient: rfc822; p@down.test\nAction: failed\nStatus: 4.4.7\n"),
+        "{notice}"
+    );
+    wait_until("the queue to empty", || server.queue_files("").is_empty());
+    assert_eq!(maildir(&postmaster).len(), 1);
+    assert!(!server.log_lines().iter().any(|l| l.contains("to=<>")));
+}

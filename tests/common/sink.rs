@@ -118,6 +118,8 @@ pub struct Behaviour {
     pub implicit_tls: Option<Arc<ServerConfig>>,
     /// Offer AUTH PLAIN LOGIN (after TLS only) and accept this user and password.
     pub auth: Option<(String, String)>,
+    /// After a message's final dot, never answer: wait for the client to go away.
+    pub hold_final: bool,
 }
 
 impl Default for Behaviour {
@@ -135,6 +137,7 @@ impl Default for Behaviour {
             starttls: None,
             implicit_tls: None,
             auth: None,
+            hold_final: false,
         }
     }
 }
@@ -145,6 +148,8 @@ pub struct Sink {
     pub behaviour: Arc<Mutex<Behaviour>>,
     /// Connections seen (also the dropped ones).
     pub connections: Arc<Mutex<usize>>,
+    /// Messages read in full but held without a reply (`hold_final`).
+    pub held: Arc<Mutex<usize>>,
 }
 
 impl Sink {
@@ -156,18 +161,24 @@ impl Sink {
             received: Arc::default(),
             behaviour: Arc::default(),
             connections: Arc::default(),
+            held: Arc::default(),
         };
-        let (received, behaviour, connections) = (
+        let (received, behaviour, connections, held) = (
             Arc::clone(&sink.received),
             Arc::clone(&sink.behaviour),
             Arc::clone(&sink.connections),
+            Arc::clone(&sink.held),
         );
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 *connections.lock().unwrap() += 1;
-                let (received, behaviour) = (Arc::clone(&received), Arc::clone(&behaviour));
+                let (received, behaviour, held) = (
+                    Arc::clone(&received),
+                    Arc::clone(&behaviour),
+                    Arc::clone(&held),
+                );
                 thread::spawn(move || {
-                    let _ = serve(stream, &received, &behaviour);
+                    let _ = serve(stream, &received, &behaviour, &held);
                 });
             }
         });
@@ -187,6 +198,7 @@ fn serve(
     stream: TcpStream,
     received: &Mutex<Vec<Received>>,
     behaviour: &Mutex<Behaviour>,
+    held: &Mutex<usize>,
 ) -> io::Result<()> {
     let implicit = behaviour.lock().unwrap().implicit_tls.clone();
     let mut reader = BufReader::new(match implicit {
@@ -333,6 +345,12 @@ fn serve(
                         &raw[..]
                     };
                     current.message.extend_from_slice(unstuffed);
+                }
+                if behaviour.lock().unwrap().hold_final {
+                    *held.lock().unwrap() += 1;
+                    let mut rest = Vec::new();
+                    let _ = reader.read_to_end(&mut rest); // until the client is gone
+                    return Ok(());
                 }
                 let reply = behaviour.lock().unwrap().final_replies.pop_front();
                 match reply {
