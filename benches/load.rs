@@ -1,18 +1,21 @@
 //! `make bench`: load figures for the real binary, beside a private Postfix where installed.
 //!
-//! Sends 4 KiB messages over loopback at 1 and 20 concurrent sessions (pipelined MAIL, RCPT,
-//! DATA, as an MTA client sends them) and prints messages/s, p50/p99 transaction latency, the
-//! server's RSS (idle, with 100 idle connections, peak) and the binary size. Postfix, when
-//! `postfix` is on the PATH, gets its own config and queue under target/bench, a loopback port,
-//! stock settings otherwise; accepted mail is put on hold, as Postilion's waits in queue/.
-//! Rounds alternate between the two servers so disk drift hits both alike.
+//! Acceptance: 4 KiB messages over loopback at 1 and 20 concurrent sessions (pipelined MAIL,
+//! RCPT, DATA, as an MTA client sends them): messages/s, p50/p99 transaction latency, the
+//! server's RSS (idle, with 100 idle connections, peak) and the binary size; accepted mail is
+//! held (Postilion: delivery paused; Postfix: HOLD). Delivery: 2000 such messages accepted
+//! and relayed to a sink on loopback, end to end. Postfix, when `postfix` is on the PATH, gets
+//! its own config and queue under target/bench, a loopback port, stock settings otherwise.
+//! Rounds alternate between the two servers so disk drift hits both alike. Nothing leaves
+//! the machine: relaying goes to the sink, and no DNS lookup is made.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -29,8 +32,8 @@ fn main() {
     let work = work.canonicalize().expect("target/bench path");
     let message = message();
 
-    let postilion = Postilion::start(&work.join("postilion"));
-    let postfix = Postfix::start(&work.join("postfix"));
+    let postilion = Postilion::start(&work.join("postilion"), &["--delivery-threads", "0"]);
+    let postfix = Postfix::start(&work.join("postfix"), HOLD);
     if postfix.is_none() {
         println!("(Postfix not installed: `apt-get install postfix` to compare in the same run)");
     }
@@ -82,6 +85,127 @@ fn main() {
         mib(rss(postilion.child.id(), "VmHWM"))
     );
     println!("(every message fsync'd before its 250: file, envelope and queue directory)");
+    drop(postilion);
+    drop(postfix);
+    delivery(&work, &message);
+}
+
+const HOLD: &str =
+    "# Accepted mail waits on hold, as Postilion's waits in queue/: nothing is sent.\n\
+                    smtpd_data_restrictions = check_client_access static:HOLD\n";
+const DELIVERY_MESSAGES: usize = 2000;
+
+/// 2000 messages from 20 sessions, timed until the sink has every one.
+fn delivery(work: &Path, message: &[u8]) {
+    println!();
+    println!(
+        "delivery: {DELIVERY_MESSAGES} messages of 4 KiB accepted (20 sessions) and relayed to a sink on loopback"
+    );
+    let sink = Sink::start();
+    let relay = sink.addr.to_string();
+    let postilion = Postilion::start(
+        &work.join("postilion-relay"),
+        &["--relayhost", &relay, "--smtp-tls", "none"],
+    );
+    let ours = relay_run(postilion.addr, &sink, message);
+    println!(
+        "  postilion: {ours:.2} s end to end, {:.0} msg/s",
+        DELIVERY_MESSAGES as f64 / ours
+    );
+    drop(postilion);
+    let relayhost = format!("relayhost = [127.0.0.1]:{}\n", sink.addr.port());
+    if let Some(postfix) = Postfix::start(&work.join("postfix-relay"), &relayhost) {
+        let theirs = relay_run(postfix.addr, &sink, message);
+        println!(
+            "  postfix:   {theirs:.2} s end to end, {:.0} msg/s",
+            DELIVERY_MESSAGES as f64 / theirs
+        );
+        println!("  ratio: {:.2}x", theirs / ours);
+    }
+}
+
+fn relay_run(addr: SocketAddr, sink: &Sink, message: &[u8]) -> f64 {
+    let before = sink.count.load(Ordering::SeqCst);
+    let start = Instant::now();
+    load(addr, 20, DELIVERY_MESSAGES / 20, message);
+    while sink.count.load(Ordering::SeqCst) < before + DELIVERY_MESSAGES {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "relaying did not finish in 10 minutes"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed().as_secs_f64()
+}
+
+/// Accepts everything, keeps nothing, counts messages: the far end of the delivery run.
+struct Sink {
+    addr: SocketAddr,
+    count: Arc<AtomicUsize>,
+}
+
+impl Sink {
+    fn start() -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind sink");
+        let addr = listener.local_addr().expect("sink address");
+        let count = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&count);
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let counter = Arc::clone(&counter);
+                thread::spawn(move || sink_session(stream, &counter));
+            }
+        });
+        Sink { addr, count }
+    }
+}
+
+fn sink_session(stream: TcpStream, count: &AtomicUsize) {
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    // Replies to a pipelined batch go out together, as a real server sends them.
+    let mut replies = b"220 sink ESMTP\r\n".to_vec();
+    let mut line = Vec::new();
+    loop {
+        if reader.buffer().is_empty() && !replies.is_empty() {
+            if out.write_all(&replies).is_err() {
+                return;
+            }
+            replies.clear();
+        }
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let verb = String::from_utf8_lossy(&line).to_ascii_uppercase();
+        if verb.starts_with("EHLO") {
+            replies.extend_from_slice(b"250-sink\r\n250-PIPELINING\r\n250 8BITMIME\r\n");
+        } else if verb.starts_with("DATA") {
+            replies.extend_from_slice(b"354 go on\r\n");
+            if out.write_all(&replies).is_err() {
+                return;
+            }
+            replies.clear();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if line == b".\r\n" => break,
+                    Ok(_) => {}
+                }
+            }
+            count.fetch_add(1, Ordering::SeqCst);
+            replies.extend_from_slice(b"250 2.0.0 ok\r\n");
+        } else if verb.starts_with("QUIT") {
+            let _ = out.write_all(b"221 bye\r\n");
+            return;
+        } else {
+            replies.extend_from_slice(b"250 2.0.0 ok\r\n");
+        }
+    }
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -250,7 +374,7 @@ struct Postilion {
 }
 
 impl Postilion {
-    fn start(dir: &Path) -> Postilion {
+    fn start(dir: &Path, extra: &[&str]) -> Postilion {
         fs::create_dir_all(dir).expect("bench dir");
         let log = fs::File::create(dir.join("log")).expect("log file");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -265,6 +389,7 @@ impl Postilion {
                 "--max-connections-per-ip",
                 "300",
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -289,7 +414,8 @@ struct Postfix {
 }
 
 impl Postfix {
-    fn start(dir: &Path) -> Option<Postfix> {
+    /// `extra` ends main.cf: what to do with accepted mail.
+    fn start(dir: &Path, extra: &str) -> Option<Postfix> {
         Command::new("postfix").arg("-h").output().ok()?;
         let master_dist = [
             "/usr/share/postfix/master.cf.dist",
@@ -314,8 +440,7 @@ impl Postfix {
              inet_protocols = ipv4\n\
              mynetworks = 127.0.0.0/8\n\
              smtp_dns_support_level = disabled\n\
-             # Accepted mail waits on hold, as Postilion's waits in queue/: nothing is sent.\n\
-             smtpd_data_restrictions = check_client_access static:HOLD\n",
+             {extra}",
             queue = dir.join("queue").display(),
             data = dir.join("data").display(),
             log = dir.join("maillog").display(),
