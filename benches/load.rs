@@ -42,16 +42,24 @@ fn main() {
         "binary: {:.2} MiB (release, stripped)",
         mib(fs::metadata(BIN).map(|m| m.len()).unwrap_or(0))
     );
-    println!(
-        "idle RSS: {:.2} MiB",
-        mib(rss(postilion.child.id(), "VmRSS"))
+    // RSS of a server in its default configuration (delivery threads running, idle).
+    let idle_server = Postilion::start(
+        &work.join("postilion-idle"),
+        &["--dns-server", "127.0.0.1:1"],
     );
-    let idle: Vec<TcpStream> = (0..100).map(|_| idle_connection(postilion.addr)).collect();
+    println!(
+        "idle RSS (default configuration): {:.2} MiB",
+        mib(rss(idle_server.child.id(), "VmRSS"))
+    );
+    let idle: Vec<TcpStream> = (0..100)
+        .map(|_| idle_connection(idle_server.addr))
+        .collect();
     println!(
         "RSS with 100 idle connections: {:.2} MiB",
-        mib(rss(postilion.child.id(), "VmRSS"))
+        mib(rss(idle_server.child.id(), "VmRSS"))
     );
     drop(idle);
+    drop(idle_server);
 
     println!();
     println!(

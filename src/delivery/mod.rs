@@ -55,7 +55,8 @@ struct Context {
     directory: Arc<Directory>,
     /// Where new messages (bounces) are announced, as sessions do.
     queued: Sender<String>,
-    tls: ClientTls,
+    /// Made at the first remote delivery, then shared.
+    tls: std::sync::OnceLock<Result<ClientTls, String>>,
     /// For AUTH at the relayhost.
     relay_credentials: Option<Credentials>,
 }
@@ -80,7 +81,7 @@ pub fn start(
         spool,
         directory,
         queued: queued.clone(),
-        tls: ClientTls::new().map_err(std::io::Error::other)?,
+        tls: std::sync::OnceLock::new(),
         relay_credentials: match &config.relayhost_auth_file {
             Some(path) => Some(Credentials::load(path).map_err(std::io::Error::other)?),
             None => None,
@@ -91,18 +92,11 @@ pub fn start(
         thread::Builder::new()
             .name(format!("delivery-{n}"))
             .spawn(move || {
-                let dns_timeout = context
-                    .config
-                    .smtp_command_timeout
-                    .min(Duration::from_secs(10));
                 let mut worker = Worker {
-                    dns: Dns::new(context.config.dns_server, dns_timeout),
+                    dns: None,
                     context,
                     random: seed(n as u64),
                 };
-                if let Err(e) = &worker.dns {
-                    log::error!("delivery-{n}: no DNS, remote mail will wait: {e}");
-                }
                 for id in work_rx.iter() {
                     let next = worker.work(&id);
                     let _ = results.send((id, next));
@@ -186,11 +180,25 @@ fn scheduler(
 /// One delivery thread's own state: its resolver and its randomness.
 struct Worker {
     context: Arc<Context>,
-    dns: Result<Dns, String>,
+    /// Made at the first remote delivery: a box that only delivers locally never pays for it.
+    dns: Option<Result<Dns, String>>,
     random: u64,
 }
 
 impl Worker {
+    fn dns(&mut self) -> Result<&Dns, &String> {
+        let config = &self.context.config;
+        let timeout = config.smtp_command_timeout.min(Duration::from_secs(10));
+        let dns = self.dns.get_or_insert_with(|| {
+            let dns = Dns::new(config.dns_server, timeout);
+            if let Err(e) = &dns {
+                log::error!("no DNS resolver, remote mail will wait: {e}");
+            }
+            dns
+        });
+        dns.as_ref()
+    }
+
     fn work(&mut self, id: &str) -> Option<u64> {
         let context = Arc::clone(&self.context);
         context.work(id, self)
@@ -355,7 +363,8 @@ impl Context {
     ) -> (Vec<Outcome>, String) {
         let all = |outcome: Outcome| vec![outcome; indexes.len()];
         let none = || "none".to_string();
-        let dns = match &worker.dns {
+        let random = next_random(&mut worker.random);
+        let dns = match worker.dns() {
             Ok(dns) => dns,
             Err(e) => {
                 return (
@@ -364,7 +373,7 @@ impl Context {
                 )
             }
         };
-        let hosts = match self.targets(dns, domain, next_random(&mut worker.random)) {
+        let hosts = match self.targets(dns, domain, random) {
             Ok(hosts) => hosts,
             Err(DnsFailure::NullMx) => {
                 let why = format!("556 5.1.10 {domain} accepts no mail (null MX)");
@@ -395,6 +404,20 @@ impl Context {
             data: self.config.smtp_data_timeout,
         };
         let mut last = None;
+        let tls_config = match self
+            .tls
+            .get_or_init(|| ClientTls::new().map_err(|e| e.to_string()))
+        {
+            Ok(tls) => tls,
+            Err(e) => {
+                return (
+                    all(Outcome::Deferred(format!(
+                        "451 4.7.0 TLS is not available: {e}"
+                    ))),
+                    none(),
+                )
+            }
+        };
         let (port, mode) = match &self.config.relayhost {
             // Credentials never travel in clear: TLS is required with them.
             Some((_, port)) if self.relay_credentials.is_some() => match self.config.smtp_tls {
@@ -409,7 +432,7 @@ impl Context {
                 let relay = format!("{}[{ip}]:{port}", host.name);
                 let tls = client::Security {
                     mode,
-                    config: self.tls.config(mode),
+                    config: tls_config.config(mode),
                     server_name: &host.name,
                     implicit: self.config.relayhost.is_some() && port == 465,
                     auth: self
