@@ -49,6 +49,7 @@ pub const KEYS: &[Key] = &[
     Key { name: "smtp_connect_timeout", default: "30s", help: "time allowed to connect to a remote server" },
     Key { name: "smtp_command_timeout", default: "5m", help: "time allowed for each remote reply (RFC 5321 4.5.3.2.1-4)" },
     Key { name: "smtp_data_timeout", default: "10m", help: "time allowed to send a message and get the final reply (4.5.3.2.5-6)" },
+    Key { name: "delay_warning_time", default: "0", help: "warn the sender once when mail has waited this long (0: never)" },
     Key { name: "queue_scan_interval", default: "1m", help: "how often queue/ is scanned for files other programs put there" },
 ];
 
@@ -73,6 +74,8 @@ pub struct Config {
     /// Never empty.
     pub retry_schedule: Vec<Duration>,
     pub max_queue_lifetime: Duration,
+    /// `None`: no delay warnings.
+    pub delay_warning_time: Option<Duration>,
     pub queue_scan_interval: Duration,
     pub smtp_port: u16,
     pub dns_server: Option<SocketAddr>,
@@ -257,6 +260,10 @@ impl RawConfig {
                 }
             })?,
             max_queue_lifetime: self.get("max_queue_lifetime", duration)?,
+            delay_warning_time: self.get("delay_warning_time", |v| match v {
+                "0" => Ok(None),
+                _ => duration(v).map(Some),
+            })?,
             queue_scan_interval: self.get("queue_scan_interval", duration)?,
             smtp_port: self.get("smtp_port", |v| match v.parse::<u16>() {
                 Ok(port) if port > 0 => Ok(port),

@@ -30,6 +30,8 @@ pub struct Envelope {
     pub arrival: u64,
     /// Size of the queued message file in bytes, set when the message is committed.
     pub size: u64,
+    /// A delay warning was sent to the sender.
+    pub delay_warned: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,6 +132,9 @@ impl Envelope {
             if self.smtputf8 { "yes" } else { "no" }
         );
         let _ = writeln!(out, "Size: {}", self.size);
+        if self.delay_warned {
+            let _ = writeln!(out, "Delay-Warned: yes");
+        }
         for rcpt in &self.recipients {
             let _ = writeln!(out, "Rcpt: {}", rcpt.path);
             let _ = writeln!(out, "Status: {}", rcpt.status.as_str());
@@ -199,6 +204,7 @@ impl Envelope {
                     })
                 }
                 ("Size", _) => fields.size = Some(number()?),
+                ("Delay-Warned", _) if value == "yes" => fields.delay_warned = true,
                 ("Rcpt", _) => {
                     let path = whole_path(address::parse_forward_path(value))
                         .ok_or_else(|| bad("path"))?;
@@ -235,6 +241,7 @@ impl Envelope {
             smtputf8: fields.smtputf8.unwrap_or(false),
             arrival: fields.arrival.ok_or_else(|| missing("Arrival"))?,
             size: fields.size.ok_or_else(|| missing("Size"))?,
+            delay_warned: fields.delay_warned,
         })
     }
 }
@@ -249,6 +256,7 @@ struct Fields {
     eight_bit: Option<bool>,
     smtputf8: Option<bool>,
     size: Option<u64>,
+    delay_warned: bool,
 }
 
 /// A path that fills the whole value (no parameters after it).
@@ -296,6 +304,7 @@ mod tests {
             smtputf8: false,
             arrival: 1_764_021_507,
             size: 1234,
+            delay_warned: true,
         }
     }
 

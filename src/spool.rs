@@ -401,6 +401,7 @@ mod tests {
             smtputf8: false,
             arrival: 1,
             size: 0,
+            delay_warned: false,
         }
     }
 

@@ -288,3 +288,40 @@ fn queued_mail_is_delivered_after_a_restart_and_files_dropped_in_queue_are_found
     assert!(mail.iter().any(|m| m.contains("queued while running")));
     assert_ne!(id, second);
 }
+
+#[test]
+fn a_delay_warning_is_sent_once_and_the_mail_still_goes_through() {
+    let dir = Arc::new(TempDir::new("delaywarn"));
+    fs::create_dir_all(dir.0.join("mail/bob")).unwrap();
+    let server = Server::start_in(
+        &dir.0,
+        &args(&["--delay-warning-time", "1s"]),
+        Some(Arc::clone(&dir)),
+    );
+    let alice = server.mail.join("alice");
+    fs::write(alice.join("new"), b"in the way").unwrap();
+    let id = send(&server, "bob@example.test", &["alice@example.test"], "slow");
+    let warning = &wait_for_mail(&server.mail.join("bob"), 1)[0];
+    assert!(
+        warning.contains("Subject: Delayed Mail (still being retried)"),
+        "{warning}"
+    );
+    assert!(
+        warning.contains(
+            "Final-Recipient: rfc822; alice@example.test\nAction: delayed\nStatus: 4.3.0\n"
+        ),
+        "{warning}"
+    );
+    assert!(warning.contains("you do not need to send it again"));
+    wait_until("the warning recorded", || {
+        server.queued_envelope(&id).contains("Delay-Warned: yes\n")
+    });
+    fs::remove_file(alice.join("new")).unwrap();
+    assert_eq!(wait_for_mail(&alice, 1).len(), 1);
+    wait_until("the queue to empty", || server.queue_files("").is_empty());
+    assert_eq!(
+        maildir(&server.mail.join("bob")).len(),
+        1,
+        "one warning only"
+    );
+}

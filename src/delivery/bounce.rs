@@ -1,5 +1,6 @@
 //! Delivery status notifications (RFC 3464): a multipart/report with a text part for people,
-//! a message/delivery-status part for programs, and the original message's headers.
+//! a message/delivery-status part for programs, and the original message's headers. Two
+//! kinds: a failure report (a bounce) and a delay warning.
 //!
 //! Only builds the text; the worker queues it like any other message, from `<>`.
 
@@ -36,7 +37,17 @@ pub fn status_of(reply: &str, fallback: &str) -> String {
     }
 }
 
+/// What the notification says happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The recipients failed for good (`Action: failed`).
+    Failed,
+    /// The recipients are still being retried, until the given Unix time (`Action: delayed`).
+    Delayed { until: u64 },
+}
+
 pub struct Report<'a> {
+    pub kind: Kind,
     pub hostname: &'a str,
     pub queue_id: &'a str,
     /// Who gets the report: the original sender, or postmaster for a failed bounce.
@@ -53,10 +64,27 @@ pub fn build(r: &Report) -> Vec<u8> {
     let boundary = format!("{}/{}", r.queue_id, r.hostname);
     let mut text = String::with_capacity(2048);
     let to_postmaster = r.to.starts_with("postmaster");
-    let subject = if to_postmaster {
-        "Undelivered Mail (a bounce) Returned to Postmaster"
-    } else {
-        "Undelivered Mail Returned to Sender"
+    let subject = match (r.kind, to_postmaster) {
+        (Kind::Delayed { .. }, _) => "Delayed Mail (still being retried)",
+        (Kind::Failed, true) => "Undelivered Mail (a bounce) Returned to Postmaster",
+        (Kind::Failed, false) => "Undelivered Mail Returned to Sender",
+    };
+    let (action, explanation) = match r.kind {
+        Kind::Failed => (
+            "failed",
+            "I'm sorry to have to inform you that your message could not\r\n\
+             be delivered to one or more recipients. It's attached below."
+                .to_string(),
+        ),
+        Kind::Delayed { until } => (
+            "delayed",
+            format!(
+                "Your message could not be delivered yet to one or more recipients.\r\n\
+                 This is only a warning: you do not need to send it again. Delivery\r\n\
+                 will be tried until {}.",
+                datetime::rfc5322(until)
+            ),
+        ),
     };
     // Writing into a String cannot fail.
     let _ = write!(
@@ -79,8 +107,7 @@ pub fn build(r: &Report) -> Vec<u8> {
          \r\n\
          This is the mail system at host {host}.\r\n\
          \r\n\
-         I'm sorry to have to inform you that your message could not\r\n\
-         be delivered to one or more recipients. It's attached below.\r\n\
+         {explanation}\r\n\
          \r\n",
         host = r.hostname,
         to = r.to,
@@ -106,7 +133,7 @@ pub fn build(r: &Report) -> Vec<u8> {
     for f in r.failures {
         let _ = write!(
             text,
-            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n",
+            "\r\nFinal-Recipient: rfc822; {}\r\nAction: {action}\r\nStatus: {}\r\n",
             f.recipient, f.status
         );
         if let Some(mta) = &f.remote_mta {
@@ -152,6 +179,7 @@ mod tests {
             remote_mta: Some("mx.example.test".into()),
         }];
         let dsn = build(&Report {
+            kind: Kind::Failed,
             hostname: "mx.test",
             queue_id: "Q1",
             to: "sender@client.test",

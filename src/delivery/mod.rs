@@ -263,7 +263,7 @@ impl Context {
             }
         }
 
-        if !self.report_failures(id, &mut env, now) {
+        if !self.report_failures(id, &mut env, now) || !self.warn_delay(id, &mut env, now) {
             return Some(now + SPOOL_RETRY);
         }
         if env.recipients.iter().all(Recipient::is_done) {
@@ -542,72 +542,120 @@ impl Context {
         if unreported.is_empty() {
             return true;
         }
-        let failures: Vec<Failure> = unreported
-            .iter()
-            .map(|&i| {
-                let rcpt = &env.recipients[i];
-                let reply = rcpt.last_reply.clone().unwrap_or_default();
-                let fallback = if reply.contains("message expired") {
-                    "4.4.7"
-                } else {
-                    "5.0.0"
-                };
-                Failure {
-                    recipient: match &rcpt.path {
-                        ForwardPath::Postmaster => format!("postmaster@{}", self.config.hostname),
-                        ForwardPath::Mailbox(m) => m.to_string(),
-                    },
-                    status: if reply.contains("message expired") {
-                        "4.4.7".into()
-                    } else {
-                        bounce::status_of(&reply, fallback)
-                    },
-                    diagnostic: reply,
-                    remote_mta: None,
-                }
-            })
-            .collect();
         let to = match &env.reverse_path {
-            ReversePath::Mailbox(m) => Some((m.to_string(), ForwardPath::Mailbox(m.clone()))),
+            ReversePath::Mailbox(m) => Some(ForwardPath::Mailbox(m.clone())),
             // A bounce that failed goes to postmaster once; postmaster's own failure ends here.
             ReversePath::Null => {
                 let to_postmaster = unreported
                     .iter()
                     .any(|&i| self.is_postmaster(&env.recipients[i].path));
-                (!to_postmaster).then(|| {
-                    (
-                        format!("postmaster@{}", self.config.hostname),
-                        ForwardPath::Postmaster,
-                    )
-                })
+                (!to_postmaster).then_some(ForwardPath::Postmaster)
             }
         };
-        if let Some((to_text, to_path)) = to {
-            let dsn = bounce::build(&bounce::Report {
-                hostname: &self.config.hostname,
-                queue_id: id,
-                to: &to_text,
-                arrival: env.arrival,
-                now,
-                failures: &failures,
-                original_headers: &self.original_headers(id),
-            });
-            match self.queue_notification(&dsn, to_path) {
-                Ok(dsn_id) => log::info!("{id}: sender non-delivery notification: {dsn_id}"),
-                Err(e) => {
-                    log::error!(
-                        "{id}: cannot queue a delivery status notification, will retry: {e}"
-                    );
+        match to {
+            Some(to) => {
+                if !self.notify(id, env, &unreported, to, bounce::Kind::Failed, now) {
                     return false;
                 }
             }
-        } else {
-            log::error!("{id}: undeliverable notification to postmaster discarded");
+            None => log::error!("{id}: undeliverable notification to postmaster discarded"),
         }
         for i in unreported {
             env.recipients[i].reported = true;
         }
         self.save(id, env)
+    }
+
+    /// Warns the sender once that some recipients are still waiting, after
+    /// `delay_warning_time`; never for mail from `<>`. False (logged) if the spool refused.
+    fn warn_delay(&self, id: &str, env: &mut Envelope, now: u64) -> bool {
+        let Some(after) = self.config.delay_warning_time else {
+            return true;
+        };
+        let ReversePath::Mailbox(sender) = &env.reverse_path else {
+            return true;
+        };
+        let pending: Vec<usize> = (0..env.recipients.len())
+            .filter(|&i| env.recipients[i].status == Status::Pending)
+            .collect();
+        if env.delay_warned
+            || pending.is_empty()
+            || now < env.arrival.saturating_add(after.as_secs())
+        {
+            return true;
+        }
+        let until = env
+            .arrival
+            .saturating_add(self.config.max_queue_lifetime.as_secs());
+        let to = ForwardPath::Mailbox(sender.clone());
+        if !self.notify(id, env, &pending, to, bounce::Kind::Delayed { until }, now) {
+            return false;
+        }
+        env.delay_warned = true;
+        self.save(id, env)
+    }
+
+    /// Builds and queues a DSN about the recipients at `indexes`.
+    fn notify(
+        &self,
+        id: &str,
+        env: &Envelope,
+        indexes: &[usize],
+        to: ForwardPath,
+        kind: bounce::Kind,
+        now: u64,
+    ) -> bool {
+        let failures: Vec<Failure> = indexes
+            .iter()
+            .map(|&i| self.failure(&env.recipients[i]))
+            .collect();
+        let to_text = match &to {
+            ForwardPath::Postmaster => format!("postmaster@{}", self.config.hostname),
+            ForwardPath::Mailbox(m) => m.to_string(),
+        };
+        let dsn = bounce::build(&bounce::Report {
+            kind,
+            hostname: &self.config.hostname,
+            queue_id: id,
+            to: &to_text,
+            arrival: env.arrival,
+            now,
+            failures: &failures,
+            original_headers: &self.original_headers(id),
+        });
+        let what = match kind {
+            bounce::Kind::Failed => "non-delivery notification",
+            bounce::Kind::Delayed { .. } => "delay notification",
+        };
+        match self.queue_notification(&dsn, to) {
+            Ok(dsn_id) => {
+                log::info!("{id}: sender {what}: {dsn_id}");
+                true
+            }
+            Err(e) => {
+                log::error!("{id}: cannot queue a {what}, will retry: {e}");
+                false
+            }
+        }
+    }
+
+    /// One recipient as a DSN reports it.
+    fn failure(&self, rcpt: &Recipient) -> Failure {
+        let reply = rcpt.last_reply.clone().unwrap_or_default();
+        let status = match (rcpt.status, reply.contains("message expired")) {
+            (_, true) => "4.4.7".to_string(),
+            (Status::Pending, false) => bounce::status_of(&reply, "4.0.0"),
+            _ => bounce::status_of(&reply, "5.0.0"),
+        };
+        Failure {
+            recipient: match &rcpt.path {
+                ForwardPath::Postmaster => format!("postmaster@{}", self.config.hostname),
+                ForwardPath::Mailbox(m) => m.to_string(),
+            },
+            status,
+            diagnostic: reply,
+            remote_mta: None,
+        }
     }
 
     fn is_postmaster(&self, path: &ForwardPath) -> bool {
@@ -648,6 +696,7 @@ impl Context {
             smtputf8: false,
             arrival: datetime::now(),
             size: 0,
+            delay_warned: false,
         };
         let mut incoming = self.spool.incoming()?;
         incoming.write(message);

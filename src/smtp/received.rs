@@ -53,6 +53,7 @@ mod tests {
             smtputf8: false,
             arrival: 0,
             size: 0,
+            delay_warned: false,
         };
         assert_eq!(
             header(&env, "mx.example", "ID1", 0),

@@ -492,6 +492,7 @@ impl Session {
             smtputf8: tx.params.smtputf8,
             arrival: 0,
             size: 0,
+            delay_warned: false,
         }));
         Ok(())
     }
