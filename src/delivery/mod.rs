@@ -10,12 +10,12 @@ pub mod bounce;
 mod client;
 mod maildir;
 mod mx;
+mod notify;
+mod remote;
 pub mod route;
 pub mod schedule;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Read;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,12 +27,10 @@ use crate::config::Config;
 use crate::datetime;
 use crate::directory::{Directory, LocalTable};
 use crate::envelope::{Envelope, Recipient, Status};
-use crate::smtp::address::{ForwardPath, ReversePath};
+use crate::smtp::address::ForwardPath;
 use crate::spool::Spool;
-use crate::tls::{ClientTls, TlsMode};
-use bounce::Failure;
-use client::{Attempt, Timeouts};
-use mx::{Dns, DnsFailure};
+use crate::tls::ClientTls;
+use mx::Dns;
 use route::Route;
 use schedule::Schedule;
 
@@ -351,133 +349,6 @@ impl Context {
         Outcome::Delivered(format!("250 2.0.0 delivered to {}", delivered.join(", ")))
     }
 
-    /// One transaction per domain: MX hosts in order, each address in turn, until a server
-    /// takes the transaction. Returns an outcome per recipient and the relay that answered.
-    fn deliver_remote(
-        &self,
-        env: &Envelope,
-        domain: &str,
-        indexes: &[usize],
-        message: &std::path::Path,
-        worker: &mut Worker,
-    ) -> (Vec<Outcome>, String) {
-        let all = |outcome: Outcome| vec![outcome; indexes.len()];
-        let none = || "none".to_string();
-        let random = next_random(&mut worker.random);
-        let dns = match worker.dns() {
-            Ok(dns) => dns,
-            Err(e) => {
-                return (
-                    all(Outcome::Deferred(format!("451 4.4.3 no DNS resolver: {e}"))),
-                    none(),
-                )
-            }
-        };
-        let hosts = match self.targets(dns, domain, random) {
-            Ok(hosts) => hosts,
-            Err(DnsFailure::NullMx) => {
-                let why = format!("556 5.1.10 {domain} accepts no mail (null MX)");
-                return (all(Outcome::Failed(why)), none());
-            }
-            Err(DnsFailure::NoSuchDomain(why)) => {
-                return (all(Outcome::Failed(format!("550 5.1.2 {why}"))), none())
-            }
-            Err(DnsFailure::Temporary(why)) => {
-                return (all(Outcome::Deferred(format!("451 4.4.3 {why}"))), none())
-            }
-        };
-        let recipients: Vec<ForwardPath> = indexes
-            .iter()
-            .map(|&i| env.recipients[i].path.clone())
-            .collect();
-        let message = client::Message {
-            from: &env.reverse_path,
-            recipients: &recipients,
-            path: message,
-            size: env.size,
-            eight_bit: env.eight_bit,
-            smtputf8: env.smtputf8,
-        };
-        let timeouts = Timeouts {
-            connect: self.config.smtp_connect_timeout,
-            command: self.config.smtp_command_timeout,
-            data: self.config.smtp_data_timeout,
-        };
-        let mut last = None;
-        let tls_config = match self
-            .tls
-            .get_or_init(|| ClientTls::new().map_err(|e| e.to_string()))
-        {
-            Ok(tls) => tls,
-            Err(e) => {
-                return (
-                    all(Outcome::Deferred(format!(
-                        "451 4.7.0 TLS is not available: {e}"
-                    ))),
-                    none(),
-                )
-            }
-        };
-        let (port, mode) = match &self.config.relayhost {
-            // Credentials never travel in clear: TLS is required with them.
-            Some((_, port)) if self.relay_credentials.is_some() => match self.config.smtp_tls {
-                TlsMode::Verify => (*port, TlsMode::Verify),
-                _ => (*port, TlsMode::Encrypt),
-            },
-            Some((_, port)) => (*port, self.config.smtp_tls),
-            None => (self.config.smtp_port, self.config.smtp_tls),
-        };
-        for host in &hosts {
-            for ip in &host.addrs {
-                let relay = format!("{}[{ip}]:{port}", host.name);
-                let tls = client::Security {
-                    mode,
-                    config: tls_config.config(mode),
-                    server_name: &host.name,
-                    implicit: self.config.relayhost.is_some() && port == 465,
-                    auth: self
-                        .relay_credentials
-                        .as_ref()
-                        .filter(|_| self.config.relayhost.is_some()),
-                };
-                let addr = std::net::SocketAddr::new(*ip, port);
-                match client::deliver(addr, &self.config.hostname, &message, timeouts, &tls) {
-                    Attempt::Done { outcomes, tls } => {
-                        let tls = if tls { "yes" } else { "no" };
-                        return (outcomes, format!("{relay}, tls={tls}"));
-                    }
-                    Attempt::NextServer(why) => {
-                        log::info!("{domain}: {relay} not used: {why}");
-                        last = Some(why);
-                    }
-                }
-            }
-        }
-        let why = last.unwrap_or_else(|| "no address to try".into());
-        let deferred = format!("451 4.4.1 no server for {domain} took the mail: {why}");
-        (all(Outcome::Deferred(deferred)), none())
-    }
-
-    /// The servers to try for `domain`: the relayhost if there is one, else the MX hosts.
-    fn targets(&self, dns: &Dns, domain: &str, random: u64) -> Result<Vec<mx::MxHost>, DnsFailure> {
-        let Some((host, _)) = &self.config.relayhost else {
-            return dns.mx_hosts(domain, random);
-        };
-        let addrs = match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => vec![ip],
-            Err(_) => dns.addresses(host).map_err(DnsFailure::Temporary)?,
-        };
-        if addrs.is_empty() {
-            return Err(DnsFailure::Temporary(format!(
-                "relayhost {host} has no address"
-            )));
-        }
-        Ok(vec![mx::MxHost {
-            name: host.clone(),
-            addrs,
-        }])
-    }
-
     /// Applies the outcomes (one per recipient at `indexes`, or one for all) and logs each,
     /// Postfix style.
     #[allow(clippy::too_many_arguments)]
@@ -532,177 +403,6 @@ impl Context {
                 rcpt.path
             );
         }
-    }
-
-    /// Queues a DSN for failures not yet reported; false (logged) if the spool refused.
-    fn report_failures(&self, id: &str, env: &mut Envelope, now: u64) -> bool {
-        let unreported: Vec<usize> = (0..env.recipients.len())
-            .filter(|&i| env.recipients[i].status == Status::Failed && !env.recipients[i].reported)
-            .collect();
-        if unreported.is_empty() {
-            return true;
-        }
-        let to = match &env.reverse_path {
-            ReversePath::Mailbox(m) => Some(ForwardPath::Mailbox(m.clone())),
-            // A bounce that failed goes to postmaster once; postmaster's own failure ends here.
-            ReversePath::Null => {
-                let to_postmaster = unreported
-                    .iter()
-                    .any(|&i| self.is_postmaster(&env.recipients[i].path));
-                (!to_postmaster).then_some(ForwardPath::Postmaster)
-            }
-        };
-        match to {
-            Some(to) => {
-                if !self.notify(id, env, &unreported, to, bounce::Kind::Failed, now) {
-                    return false;
-                }
-            }
-            None => log::error!("{id}: undeliverable notification to postmaster discarded"),
-        }
-        for i in unreported {
-            env.recipients[i].reported = true;
-        }
-        self.save(id, env)
-    }
-
-    /// Warns the sender once that some recipients are still waiting, after
-    /// `delay_warning_time`; never for mail from `<>`. False (logged) if the spool refused.
-    fn warn_delay(&self, id: &str, env: &mut Envelope, now: u64) -> bool {
-        let Some(after) = self.config.delay_warning_time else {
-            return true;
-        };
-        let ReversePath::Mailbox(sender) = &env.reverse_path else {
-            return true;
-        };
-        let pending: Vec<usize> = (0..env.recipients.len())
-            .filter(|&i| env.recipients[i].status == Status::Pending)
-            .collect();
-        if env.delay_warned
-            || pending.is_empty()
-            || now < env.arrival.saturating_add(after.as_secs())
-        {
-            return true;
-        }
-        let until = env
-            .arrival
-            .saturating_add(self.config.max_queue_lifetime.as_secs());
-        let to = ForwardPath::Mailbox(sender.clone());
-        if !self.notify(id, env, &pending, to, bounce::Kind::Delayed { until }, now) {
-            return false;
-        }
-        env.delay_warned = true;
-        self.save(id, env)
-    }
-
-    /// Builds and queues a DSN about the recipients at `indexes`.
-    fn notify(
-        &self,
-        id: &str,
-        env: &Envelope,
-        indexes: &[usize],
-        to: ForwardPath,
-        kind: bounce::Kind,
-        now: u64,
-    ) -> bool {
-        let failures: Vec<Failure> = indexes
-            .iter()
-            .map(|&i| self.failure(&env.recipients[i]))
-            .collect();
-        let to_text = match &to {
-            ForwardPath::Postmaster => format!("postmaster@{}", self.config.hostname),
-            ForwardPath::Mailbox(m) => m.to_string(),
-        };
-        let dsn = bounce::build(&bounce::Report {
-            kind,
-            hostname: &self.config.hostname,
-            queue_id: id,
-            to: &to_text,
-            arrival: env.arrival,
-            now,
-            failures: &failures,
-            original_headers: &self.original_headers(id),
-        });
-        let what = match kind {
-            bounce::Kind::Failed => "non-delivery notification",
-            bounce::Kind::Delayed { .. } => "delay notification",
-        };
-        match self.queue_notification(&dsn, to) {
-            Ok(dsn_id) => {
-                log::info!("{id}: sender {what}: {dsn_id}");
-                true
-            }
-            Err(e) => {
-                log::error!("{id}: cannot queue a {what}, will retry: {e}");
-                false
-            }
-        }
-    }
-
-    /// One recipient as a DSN reports it.
-    fn failure(&self, rcpt: &Recipient) -> Failure {
-        let reply = rcpt.last_reply.clone().unwrap_or_default();
-        let status = match (rcpt.status, reply.contains("message expired")) {
-            (_, true) => "4.4.7".to_string(),
-            (Status::Pending, false) => bounce::status_of(&reply, "4.0.0"),
-            _ => bounce::status_of(&reply, "5.0.0"),
-        };
-        Failure {
-            recipient: match &rcpt.path {
-                ForwardPath::Postmaster => format!("postmaster@{}", self.config.hostname),
-                ForwardPath::Mailbox(m) => m.to_string(),
-            },
-            status,
-            diagnostic: reply,
-            remote_mta: None,
-        }
-    }
-
-    fn is_postmaster(&self, path: &ForwardPath) -> bool {
-        match path {
-            ForwardPath::Postmaster => true,
-            ForwardPath::Mailbox(m) => {
-                self.is_local(path) && m.local_unquoted().eq_ignore_ascii_case("postmaster")
-            }
-        }
-    }
-
-    /// The header section of a queued message, for bounces.
-    fn original_headers(&self, id: &str) -> Vec<u8> {
-        let mut head = Vec::new();
-        if let Ok(file) = File::open(self.spool.message_path(id)) {
-            let _ = file.take(MAX_BOUNCE_HEADERS).read_to_end(&mut head);
-        }
-        match head.windows(4).position(|w| w == b"\r\n\r\n") {
-            Some(end) => head.truncate(end + 2),
-            None => head.truncate(head.len()),
-        }
-        head
-    }
-
-    /// Queues a message made here (from `<>`) and announces it to the scheduler.
-    fn queue_notification(
-        &self,
-        message: &[u8],
-        to: ForwardPath,
-    ) -> Result<String, crate::spool::SpoolError> {
-        let mut envelope = Envelope {
-            reverse_path: ReversePath::Null,
-            recipients: vec![Recipient::pending(to)],
-            client: None,
-            helo: self.config.hostname.clone(),
-            protocol: "ESMTP".into(),
-            eight_bit: true,
-            smtputf8: false,
-            arrival: datetime::now(),
-            size: 0,
-            delay_warned: false,
-        };
-        let mut incoming = self.spool.incoming()?;
-        incoming.write(message);
-        let id = incoming.commit(&mut envelope)?.id().to_string();
-        let _ = self.queued.send(id.clone());
-        Ok(id)
     }
 }
 
