@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{queue_id, wait_until, Client, Server, TempDir};
+use common::{maildir, queue_id, wait_until, Client, Server, TempDir};
 
 const DELIVER: &[&str] = &[
     "--delivery-threads",
@@ -27,17 +27,6 @@ fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 /// The files in a Maildir's new/, read, oldest first.
-fn maildir(user_dir: &Path) -> Vec<String> {
-    let mut files: Vec<_> = fs::read_dir(user_dir.join("new"))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.sort();
-    files
-        .iter()
-        .map(|p| String::from_utf8_lossy(&fs::read(p).unwrap()).into_owned())
-        .collect()
-}
-
 fn wait_for_mail(user_dir: &Path, count: usize) -> Vec<String> {
     wait_until(
         &format!("{count} message(s) in {}", user_dir.display()),

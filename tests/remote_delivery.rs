@@ -4,11 +4,10 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 
 use common::dns::DnsServer;
 use common::sink::{tls_config, Sink};
-use common::{queue_id, wait_until, Client, Server};
+use common::{maildir, queue_id, wait_until, Client, Server};
 
 /// A sending server wired to `dns`, delivering to port `port` of whatever the MX records say.
 fn sender(name: &str, dns: &DnsServer, port: u16) -> Server {
@@ -41,17 +40,6 @@ fn send(server: &Server, from: &str, to: &[&str], body: &[u8]) -> String {
     let mut data = b"Subject: test\r\n\r\n".to_vec();
     data.extend_from_slice(body);
     queue_id(&Client::hello(server.addr).send_message(from, to, &data))
-}
-
-fn maildir(user_dir: &Path) -> Vec<String> {
-    let mut files: Vec<_> = fs::read_dir(user_dir.join("new"))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.sort();
-    files
-        .iter()
-        .map(|p| String::from_utf8_lossy(&fs::read(p).unwrap()).into_owned())
-        .collect()
 }
 
 fn wait_for_log_with(server: &Server, parts: &[&str]) -> String {

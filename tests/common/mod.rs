@@ -333,6 +333,18 @@ impl Client {
     }
 }
 
+/// The messages in a Maildir's new/, read, oldest first.
+pub fn maildir(user_dir: &Path) -> Vec<String> {
+    let mut files: Vec<_> = fs::read_dir(user_dir.join("new"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .map(|p| String::from_utf8_lossy(&fs::read(p).unwrap()).into_owned())
+        .collect()
+}
+
 /// The queue id in a "250 2.0.0 Ok: queued as ID" reply.
 pub fn queue_id(reply: &str) -> String {
     reply
