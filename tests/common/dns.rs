@@ -35,9 +35,15 @@ fn fqdn(name: &str) -> String {
 
 impl DnsServer {
     pub fn start() -> DnsServer {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind DNS UDP");
+        // A free UDP port may be taken on the TCP side (ephemeral ports of busy tests): retry.
+        let (udp, tcp) = (0..100)
+            .find_map(|_| {
+                let udp = UdpSocket::bind("127.0.0.1:0").ok()?;
+                let tcp = TcpListener::bind(udp.local_addr().ok()?).ok()?;
+                Some((udp, tcp))
+            })
+            .expect("a port free for both UDP and TCP");
         let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).expect("bind DNS TCP on the same port");
         let zone: Arc<Mutex<Zone>> = Arc::default();
         let z = Arc::clone(&zone);
         thread::spawn(move || {
