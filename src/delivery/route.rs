@@ -54,6 +54,18 @@ pub fn resolve(rcpt: &ForwardPath, local_domains: &[String], table: &LocalTable)
         }
         ForwardPath::Mailbox(m) => expansion.routes.push(Route::Remote(m.clone())),
     }
+    let postmaster = match rcpt {
+        ForwardPath::Postmaster => true,
+        ForwardPath::Mailbox(m) => {
+            is_local(&m.domain, local_domains)
+                && m.local_unquoted().eq_ignore_ascii_case("postmaster")
+        }
+    };
+    if postmaster && expansion.routes.is_empty() {
+        // RFC 5321 4.5.1: postmaster must work, even if its aliases lead nowhere (Debian's
+        // stock /etc/aliases says `postmaster: root`, and root may have no Maildir here).
+        expansion.routes.push(Route::Local("postmaster".into()));
+    }
     let mut seen = HashSet::new();
     expansion.routes.retain(|r| seen.insert(r.clone()));
     expansion
@@ -196,6 +208,19 @@ mod tests {
         };
         let e = routes("<n0@example.test>", &t);
         assert!(e.routes.is_empty() && e.problems[0].contains("deeper"));
+    }
+
+    #[test]
+    fn postmaster_always_has_somewhere_to_go() {
+        let t = table(&[("postmaster", &["root"])]);
+        let e = routes("<postmaster>", &t);
+        assert_eq!(e.routes, [local("postmaster")]);
+        assert!(e.problems[0].contains("root"));
+        let t = table(&[("postmaster", &["alice"])]);
+        assert_eq!(
+            routes("<Postmaster@example.test>", &t).routes,
+            [local("alice")]
+        );
     }
 
     #[test]
