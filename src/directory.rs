@@ -25,17 +25,18 @@ struct Cache {
     table: Arc<LocalTable>,
 }
 
-/// Local users and aliases, lower-case, for delivery.
+/// Local users and aliases, for delivery.
 #[derive(Debug, Default)]
 pub struct LocalTable {
-    pub users: HashSet<String>,
+    /// Lower-case user name -> the name of the user's directory under `mailbox_root`.
+    pub users: HashMap<String, String>,
     pub aliases: HashMap<String, Vec<String>>,
 }
 
 impl LocalTable {
     fn names(&self) -> HashSet<String> {
         self.users
-            .iter()
+            .keys()
             .chain(self.aliases.keys())
             .cloned()
             .collect()
@@ -127,9 +128,8 @@ impl Directory {
         if let Ok(entries) = fs::read_dir(&self.mailbox_root) {
             for entry in entries.flatten() {
                 if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    table
-                        .users
-                        .insert(entry.file_name().to_string_lossy().to_lowercase());
+                    let dir = entry.file_name().to_string_lossy().into_owned();
+                    table.users.insert(dir.to_lowercase(), dir);
                 }
             }
         }
@@ -162,6 +162,7 @@ mod tests {
         assert!(names.contains("alice") && names.contains("root"));
         assert!(!names.contains("not-a-user"));
         assert_eq!(d.table().aliases["root"], ["alice"]);
+        assert_eq!(d.table().users["alice"], "Alice");
         fs::create_dir(dir.join("mail/bob")).unwrap();
         // The mailbox root's mtime changed with the new directory.
         assert!(d.names().contains("bob"));

@@ -314,3 +314,15 @@ fn a_delay_warning_is_sent_once_and_the_mail_still_goes_through() {
         "one warning only"
     );
 }
+
+#[test]
+fn a_user_directory_is_used_as_named_whatever_the_case_of_the_address() {
+    let server = Server::start("usercase", &args(&[]));
+    fs::create_dir(server.mail.join("Carol")).unwrap();
+    send(&server, "ann@client.test", &["CAROL@example.test"], "case");
+    assert_eq!(wait_for_mail(&server.mail.join("Carol"), 1).len(), 1);
+    assert!(
+        !server.mail.join("carol").exists(),
+        "no second Maildir for the same user"
+    );
+}

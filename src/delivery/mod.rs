@@ -327,7 +327,9 @@ impl Context {
                         "Return-Path: {}\r\nDelivered-To: {user}@{domain}\r\n",
                         env.reverse_path
                     );
-                    let maildir = self.config.mailbox_root.join(&user);
+                    // The directory as it is named on disk (user names match in any case).
+                    let dir = table.users.get(&user).map_or(user.as_str(), String::as_str);
+                    let maildir = self.config.mailbox_root.join(dir);
                     if let Err(e) =
                         maildir::deliver(&maildir, &self.config.hostname, &headers, message)
                     {

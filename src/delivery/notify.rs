@@ -160,6 +160,7 @@ impl Context {
 
     /// Queues a message made here (from `<>`) and announces it to the scheduler.
     fn queue_notification(&self, message: &[u8], to: ForwardPath) -> Result<String, SpoolError> {
+        let smtputf8 = to.is_utf8();
         let mut envelope = Envelope {
             reverse_path: ReversePath::Null,
             recipients: vec![Recipient::pending(to)],
@@ -167,7 +168,7 @@ impl Context {
             helo: self.config.hostname.clone(),
             protocol: "ESMTP".into(),
             eight_bit: true,
-            smtputf8: false,
+            smtputf8,
             arrival: datetime::now(),
             size: 0,
             delay_warned: false,

@@ -90,7 +90,7 @@ fn expand(
         return;
     }
     let Some(targets) = table.aliases.get(name) else {
-        if table.users.contains(name) || name == "postmaster" {
+        if table.users.contains_key(name) || name == "postmaster" {
             out.routes.push(Route::Local(name.to_string()));
         } else {
             out.problems.push(format!("unknown local user '{name}'"));
@@ -137,7 +137,10 @@ mod tests {
 
     fn table(aliases: &[(&str, &[&str])]) -> LocalTable {
         LocalTable {
-            users: ["alice", "bob"].iter().map(|s| s.to_string()).collect(),
+            users: ["alice", "bob"]
+                .iter()
+                .map(|s| (s.to_string(), s.to_string()))
+                .collect(),
             aliases: aliases
                 .iter()
                 .map(|(n, t)| (n.to_string(), t.iter().map(|s| s.to_string()).collect()))
