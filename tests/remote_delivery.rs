@@ -169,9 +169,7 @@ fn servfail_defers_and_keeps_the_mail() {
 #[test]
 fn a_temporary_refusal_is_retried_and_delivered_once() {
     let dns = DnsServer::start();
-    let sink = Sink::start("127.0.0.3:0");
-    dns.mx("retry.test", 10, "mx.retry.test");
-    dns.a("mx.retry.test", "127.0.0.3");
+    let sink = mx_sink(&dns, "retry.test");
     sink.set(|b| {
         b.final_replies
             .push_back("451 4.3.0 try again later".into())
@@ -201,9 +199,7 @@ fn a_temporary_refusal_is_retried_and_delivered_once() {
 #[test]
 fn one_recipient_of_three_refused_the_others_delivered_once_and_a_dsn_for_it() {
     let dns = DnsServer::start();
-    let sink = Sink::start("127.0.0.3:0");
-    dns.mx("multi.test", 10, "mx.multi.test");
-    dns.a("mx.multi.test", "127.0.0.3");
+    let sink = mx_sink(&dns, "multi.test");
     sink.set(|b| {
         b.rcpt.insert(
             "two@multi.test".into(),
@@ -237,9 +233,7 @@ fn one_recipient_of_three_refused_the_others_delivered_once_and_a_dsn_for_it() {
 #[test]
 fn connection_dropped_mid_data_is_retried_and_delivered_exactly_once() {
     let dns = DnsServer::start();
-    let sink = Sink::start("127.0.0.3:0");
-    dns.mx("drop.test", 10, "mx.drop.test");
-    dns.a("mx.drop.test", "127.0.0.3");
+    let sink = mx_sink(&dns, "drop.test");
     sink.set(|b| b.drop_in_data = 1);
     let server = sender("dropdata", &dns, sink.addr.port());
     let id = send(
@@ -267,9 +261,7 @@ fn connection_dropped_mid_data_is_retried_and_delivered_exactly_once() {
 #[test]
 fn outbound_bytes_are_exactly_what_was_queued_with_crlf_only() {
     let dns = DnsServer::start();
-    let sink = Sink::start("127.0.0.3:0");
-    dns.mx("bytes.test", 10, "mx.bytes.test");
-    dns.a("mx.bytes.test", "127.0.0.3");
+    let sink = mx_sink(&dns, "bytes.test");
     let server = sender("bytes", &dns, sink.addr.port());
     // What the client means (dot-stuffed on the wire by our raw client below).
     let mut body = b".leading dot\r\n..two dots\r\n.\r\nmiddle . dot\r\n".to_vec();
