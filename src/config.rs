@@ -46,9 +46,11 @@ pub const KEYS: &[Key] = &[
     Key { name: "smtp_tls", default: "may", help: "STARTTLS to remote servers: none, may (when offered), encrypt (always), verify (and check the certificate)" },
     Key { name: "relayhost", default: "", help: "send all remote mail to this smarthost, host:port (465: implicit TLS; else STARTTLS)" },
     Key { name: "relayhost_auth_file", default: "", help: "file with one 'username:password' line for AUTH at the relayhost (only over TLS)" },
+    Key { name: "relayhost_tls_verify", default: "yes", help: "with relayhost_auth_file: check the relayhost's certificate before sending the password (no: only encrypt)" },
     Key { name: "smtp_connect_timeout", default: "30s", help: "time allowed to connect to a remote server" },
     Key { name: "smtp_command_timeout", default: "5m", help: "time allowed for each remote reply (RFC 5321 4.5.3.2.1-4)" },
     Key { name: "smtp_data_timeout", default: "10m", help: "time allowed to send a message and get the final reply (4.5.3.2.5-6)" },
+    Key { name: "smtp_transaction_timeout", default: "30m", help: "time allowed for a whole remote transaction, connect to last reply, however slowly the server answers" },
     Key { name: "delay_warning_time", default: "0", help: "warn the sender once when mail has waited this long (0: never)" },
     Key { name: "queue_scan_interval", default: "1m", help: "how often queue/ is scanned for files other programs put there" },
 ];
@@ -83,9 +85,11 @@ pub struct Config {
     /// Host and port of the smarthost.
     pub relayhost: Option<(String, u16)>,
     pub relayhost_auth_file: Option<PathBuf>,
+    pub relayhost_tls_verify: bool,
     pub smtp_connect_timeout: Duration,
     pub smtp_command_timeout: Duration,
     pub smtp_data_timeout: Duration,
+    pub smtp_transaction_timeout: Duration,
 }
 
 /// Where a value came from, for error messages.
@@ -281,9 +285,11 @@ impl RawConfig {
             relayhost_auth_file: self.get("relayhost_auth_file", |v| {
                 Ok((!v.is_empty()).then(|| PathBuf::from(v)))
             })?,
+            relayhost_tls_verify: self.get("relayhost_tls_verify", yes_no)?,
             smtp_connect_timeout: self.get("smtp_connect_timeout", duration)?,
             smtp_command_timeout: self.get("smtp_command_timeout", duration)?,
             smtp_data_timeout: self.get("smtp_data_timeout", duration)?,
+            smtp_transaction_timeout: self.get("smtp_transaction_timeout", duration)?,
         })
     }
 
@@ -318,6 +324,14 @@ impl RawConfig {
             out.push_str(&format!("{} = {}\n", key.name, value));
         }
         out
+    }
+}
+
+fn yes_no(value: &str) -> Result<bool, String> {
+    match value {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(format!("'{value}' is not 'yes' or 'no'")),
     }
 }
 

@@ -1,14 +1,16 @@
 //! The envelope of a queued message and its text form, the `ID.env` file.
 //!
 //! One `Field: value` a line, `Version: 1` first; each `Rcpt:` line opens a recipient block
-//! that the following `Status:`, `Attempts:`, `Next-Attempt:` and `Last-Reply:` lines belong
-//! to (`Reported: yes` once a failure has been reported to the sender). Plain enough that `cat spool/queue/ID.env` answers "where is my mail?". Owns the format
-//! only: reading and writing files is `spool.rs`.
+//! that the following `Maildir:`, `Status:`, `Attempts:`, `Next-Attempt:`, `Last-Reply:` and
+//! `Dsn-Status:` lines belong to (`Reported: yes` once a failure has been reported to the
+//! sender). Plain enough that `cat spool/queue/ID.env` answers "where is my mail?". Owns the
+//! format only: reading and writing files is `spool.rs`.
 
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 
 use crate::datetime;
+use crate::delivery::outcome::DsnStatus;
 use crate::smtp::address::{self, ForwardPath, ReversePath};
 
 pub const VERSION: &str = "1";
@@ -37,11 +39,16 @@ pub struct Envelope {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recipient {
     pub path: ForwardPath,
+    /// A local recipient resolved to the Maildir of this user (lower-case), to be written
+    /// with no further alias expansion; `None` until the recipient was resolved.
+    pub maildir: Option<String>,
     pub status: Status,
     pub attempts: u32,
     /// Unix time of the next delivery attempt; 0 is "as soon as possible".
     pub next_attempt: u64,
     pub last_reply: Option<String>,
+    /// The RFC 3463 status of the last attempt, for delivery status notifications.
+    pub last_status: Option<DsnStatus>,
     /// A failure's delivery status notification is queued (or none was due).
     pub reported: bool,
 }
@@ -50,10 +57,12 @@ impl Recipient {
     pub fn pending(path: ForwardPath) -> Recipient {
         Recipient {
             path,
+            maildir: None,
             status: Status::Pending,
             attempts: 0,
             next_attempt: 0,
             last_reply: None,
+            last_status: None,
             reported: false,
         }
     }
@@ -62,7 +71,7 @@ impl Recipient {
     pub fn is_done(&self) -> bool {
         match self.status {
             Status::Pending => false,
-            Status::Delivered => true,
+            Status::Delivered | Status::Expanded => true,
             Status::Failed => self.reported,
         }
     }
@@ -72,6 +81,8 @@ impl Recipient {
 pub enum Status {
     Pending,
     Delivered,
+    /// A local alias: its targets are recipients of their own in this envelope.
+    Expanded,
     Failed,
 }
 
@@ -80,6 +91,7 @@ impl Status {
         match self {
             Status::Pending => "pending",
             Status::Delivered => "delivered",
+            Status::Expanded => "expanded",
             Status::Failed => "failed",
         }
     }
@@ -137,6 +149,9 @@ impl Envelope {
         }
         for rcpt in &self.recipients {
             let _ = writeln!(out, "Rcpt: {}", rcpt.path);
+            if let Some(user) = &rcpt.maildir {
+                let _ = writeln!(out, "Maildir: {user}");
+            }
             let _ = writeln!(out, "Status: {}", rcpt.status.as_str());
             let _ = writeln!(out, "Attempts: {}", rcpt.attempts);
             if rcpt.next_attempt != 0 {
@@ -149,6 +164,9 @@ impl Envelope {
             }
             if let Some(reply) = &rcpt.last_reply {
                 let _ = writeln!(out, "Last-Reply: {}", one_line(reply));
+            }
+            if let Some(status) = &rcpt.last_status {
+                let _ = writeln!(out, "Dsn-Status: {status}");
             }
             if rcpt.reported {
                 let _ = writeln!(out, "Reported: yes");
@@ -210,10 +228,14 @@ impl Envelope {
                         .ok_or_else(|| bad("path"))?;
                     recipients.push(Recipient::pending(path));
                 }
+                ("Maildir", Some(rcpt)) if is_user_name(value) => {
+                    rcpt.maildir = Some(value.to_string())
+                }
                 ("Status", Some(rcpt)) => {
                     rcpt.status = match value {
                         "pending" => Status::Pending,
                         "delivered" => Status::Delivered,
+                        "expanded" => Status::Expanded,
                         "failed" => Status::Failed,
                         _ => return Err(bad("status")),
                     }
@@ -223,6 +245,9 @@ impl Envelope {
                 }
                 ("Next-Attempt", Some(rcpt)) => rcpt.next_attempt = number()?,
                 ("Last-Reply", Some(rcpt)) => rcpt.last_reply = Some(value.to_string()),
+                ("Dsn-Status", Some(rcpt)) => {
+                    rcpt.last_status = Some(DsnStatus::parse(value).ok_or_else(|| bad("status"))?)
+                }
                 ("Reported", Some(rcpt)) if value == "yes" => rcpt.reported = true,
                 _ => return Err(err(n, format!("unexpected field '{key}'"))),
             }
@@ -267,6 +292,11 @@ fn whole_path<P>(parsed: Result<(P, &str), address::AddressError>) -> Option<P> 
     }
 }
 
+/// A Maildir user: one path component, never `.`/`..` or anything with a `/`.
+fn is_user_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+}
+
 /// `1764021507 (2026-...)` → 1764021507: the number, then optional text for humans.
 fn leading_number(value: &str) -> Option<u64> {
     value.split(' ').next()?.parse().ok()
@@ -290,10 +320,12 @@ mod tests {
                         local: "bob".into(),
                         domain: "[192.0.2.1]".into(),
                     }),
+                    maildir: Some("bob".into()),
                     status: Status::Failed,
                     attempts: 3,
                     next_attempt: 1_800_000_000,
                     last_reply: Some("550 5.1.1 no such user".into()),
+                    last_status: Some(DsnStatus::new(5, 1, 1)),
                     reported: true,
                 },
             ],

@@ -102,16 +102,17 @@ fn aliases_reach_users_and_queue_remote_targets_on_the_same_message() {
     );
     assert!(wait_for_mail(&server.mail.join("alice"), 1)[0].contains("to the staff"));
     assert!(wait_for_mail(&server.mail.join("bob"), 1)[0].contains("to the staff"));
-    // bob's remote copy is now a recipient of the same message, waiting for remote delivery.
-    wait_until("the remote target in the envelope", || {
-        server.queue_files(".env").len() == 1
-            && server
-                .queued_envelope(&id)
-                .contains("Rcpt: <bob@remote.test>\nStatus: pending\nAttempts: ")
+    // Each target is a recipient of the same message with a state of its own; bob's remote
+    // copy waits for remote delivery.
+    wait_until("the targets' states in the envelope", || {
+        let env = server.queued_envelope(&id);
+        env.contains("Rcpt: <bob@example.test>\nMaildir: bob\nStatus: delivered\n")
+            && env.contains("Rcpt: <bob@remote.test>\nStatus: pending\nAttempts: ")
     });
     let env = server.queued_envelope(&id);
     assert!(
-        env.contains("Rcpt: <staff@example.test>\nStatus: delivered\nAttempts: 1\n"),
+        env.contains("Rcpt: <staff@example.test>\nStatus: expanded\nAttempts: 1\n")
+            && env.contains("Rcpt: <alice@example.test>\nMaildir: alice\nStatus: delivered\n"),
         "{env}"
     );
 }
@@ -173,19 +174,23 @@ fn a_recipient_gone_at_delivery_bounces_to_the_local_sender() {
 }
 
 #[test]
-fn a_failed_bounce_goes_to_postmaster_and_no_further() {
+fn a_failed_bounce_is_logged_and_dropped_with_no_notice() {
     let dir = Arc::new(TempDir::new("doublebounce"));
     fs::create_dir_all(dir.0.join("mail/carol")).unwrap();
     let server = Server::start_in(&dir.0, &[], Some(Arc::clone(&dir)));
-    send(&server, "", &["carol@example.test"], "a bounce");
+    let id = send(&server, "", &["carol@example.test"], "a bounce");
     drop(server);
     fs::remove_dir(dir.0.join("mail/carol")).unwrap();
     let server = Server::start_in(&dir.0, &args(&[]), Some(Arc::clone(&dir)));
-    let dsn = &wait_for_mail(&server.mail.join("postmaster"), 1)[0];
-    assert!(dsn.contains("Subject: Undelivered Mail (a bounce) Returned to Postmaster"));
-    check_dsn(dsn, "carol@example.test", "5.1.1");
+    server.wait_for_log(&format!(
+        "{id}: undeliverable mail from <> to <carol@example.test> dropped"
+    ));
     wait_until("the queue to empty", || server.queue_files("").is_empty());
-    assert_eq!(maildir(&server.mail.join("postmaster")).len(), 1);
+    assert!(maildir(&server.mail.join("postmaster")).is_empty());
+    assert!(!server
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("notification")));
 }
 
 #[test]

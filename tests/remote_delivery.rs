@@ -424,8 +424,18 @@ fn verify_mode_refuses_a_self_signed_certificate() {
     assert!(sink.messages().is_empty());
 }
 
-/// A sender whose remote mail all goes to `relayhost`, authenticating with relay-user.
+/// A sender whose remote mail all goes to `relayhost`, authenticating with relay-user. The
+/// test smarthosts have self-signed certificates: the check is relaxed explicitly.
 fn smarthost_sender(name: &str, relayhost: &str, password: &str) -> (Server, common::TempDir) {
+    smarthost_sender_with(name, relayhost, password, &["--relayhost-tls-verify", "no"])
+}
+
+fn smarthost_sender_with(
+    name: &str,
+    relayhost: &str,
+    password: &str,
+    extra: &[&str],
+) -> (Server, common::TempDir) {
     let secrets = common::TempDir::new(&format!("{name}-secrets"));
     let auth_file = secrets.0.join("relay_auth");
     fs::write(
@@ -435,18 +445,40 @@ fn smarthost_sender(name: &str, relayhost: &str, password: &str) -> (Server, com
     .unwrap();
     let auth_file = auth_file.to_string_lossy().into_owned();
     let dns = DnsServer::start(); // no records: the relayhost is used, not MX
-    let server = sender_with(
-        name,
-        &dns,
-        1,
-        &[
-            "--relayhost",
-            relayhost,
-            "--relayhost-auth-file",
-            &auth_file,
-        ],
-    );
+    let mut args = vec![
+        "--relayhost",
+        relayhost,
+        "--relayhost-auth-file",
+        &auth_file,
+    ];
+    args.extend_from_slice(extra);
+    let server = sender_with(name, &dns, 1, &args);
     (server, secrets)
+}
+
+#[test]
+fn a_password_goes_only_to_a_smarthost_whose_certificate_checks_out() {
+    let sink = auth_sink("127.0.0.3:0");
+    sink.set(|b| b.starttls = Some(tls_config("smarthost.test")));
+    let relayhost = sink.addr.to_string();
+    let (server, _secrets) = smarthost_sender_with("verifyrelay", &relayhost, "s3cret:pw", &[]);
+    let id = send(&server, "ann@client.test", &["n@anywhere.test"], b"x\r\n");
+    let line = wait_for_log_with(
+        &server,
+        &[&format!("{id}: to=<n@anywhere.test>"), "status=deferred"],
+    );
+    assert!(
+        line.contains("TLS with") && line.contains("failed"),
+        "{line}"
+    );
+    assert!(sink.messages().is_empty());
+    assert!(
+        !server
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("authentication as")),
+        "the password must not be offered to an unchecked server"
+    );
 }
 
 fn auth_sink(addr: &str) -> Sink {
@@ -576,7 +608,7 @@ fn killed_while_delivering_then_restarted_sends_nothing_twice_and_loses_nothing(
     server.kill();
     let env = fs::read_to_string(dir.0.join(format!("spool/queue/{id}.env"))).unwrap();
     assert!(
-        env.contains("Rcpt: <alice@example.test>\nStatus: delivered\n"),
+        env.contains("Rcpt: <alice@example.test>\nMaildir: alice\nStatus: delivered\n"),
         "{env}"
     );
     assert!(
@@ -595,27 +627,26 @@ fn killed_while_delivering_then_restarted_sends_nothing_twice_and_loses_nothing(
 }
 
 #[test]
-fn an_expired_bounce_goes_to_postmaster_once_and_is_never_bounced() {
+fn an_expired_bounce_is_dropped_and_never_bounced() {
     let dns = DnsServer::start();
     dns.servfail("down.test");
     let server = sender_with("expirebounce", &dns, 2525, &["--max-queue-lifetime", "1s"]);
-    send(
+    let id = send(
         &server,
         "",
         &["p@down.test"],
         b"a bounce nobody can take\r\n",
     );
-    let postmaster = server.mail.join("postmaster");
-    wait_until("the notice to postmaster", || {
-        maildir(&postmaster).len() == 1
-    });
-    let notice = maildir(&postmaster).remove(0);
-    assert!(notice.contains("Subject: Undelivered Mail (a bounce) Returned to Postmaster"));
-    assert!(
-        notice.contains("Final-Recipient: rfc822; p@down.test\nAction: failed\nStatus: 4.4.7\n"),
-        "{notice}"
-    );
+    server.wait_for_log(&format!(
+        "{id}: undeliverable mail from <> to <p@down.test> dropped"
+    ));
     wait_until("the queue to empty", || server.queue_files("").is_empty());
-    assert_eq!(maildir(&postmaster).len(), 1);
+    let attempts = server
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains(&format!("{id}: to=<p@down.test>")))
+        .count();
+    assert_eq!(attempts, 3, "expiry needs three attempts, not one");
+    assert!(maildir(&server.mail.join("postmaster")).is_empty());
     assert!(!server.log_lines().iter().any(|l| l.contains("to=<>")));
 }

@@ -21,22 +21,6 @@ pub struct Failure {
     pub remote_mta: Option<String>,
 }
 
-/// The RFC 3463 code in a reply such as `550 5.1.1 No such user`, or `fallback`.
-pub fn status_of(reply: &str, fallback: &str) -> String {
-    let code = reply.split_whitespace().nth(1).unwrap_or("");
-    let parts: Vec<&str> = code.split('.').collect();
-    let valid = parts.len() == 3
-        && matches!(parts[0], "2" | "4" | "5")
-        && parts[1..]
-            .iter()
-            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
-    if valid {
-        code.to_string()
-    } else {
-        fallback.to_string()
-    }
-}
-
 /// What the notification says happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -50,7 +34,7 @@ pub struct Report<'a> {
     pub kind: Kind,
     pub hostname: &'a str,
     pub queue_id: &'a str,
-    /// Who gets the report: the original sender, or postmaster for a failed bounce.
+    /// Who gets the report: the original sender.
     pub to: &'a str,
     pub arrival: u64,
     pub now: u64,
@@ -63,11 +47,9 @@ pub struct Report<'a> {
 pub fn build(r: &Report) -> Vec<u8> {
     let boundary = format!("{}/{}", r.queue_id, r.hostname);
     let mut text = String::with_capacity(2048);
-    let to_postmaster = r.to.starts_with("postmaster");
-    let subject = match (r.kind, to_postmaster) {
-        (Kind::Delayed { .. }, _) => "Delayed Mail (still being retried)",
-        (Kind::Failed, true) => "Undelivered Mail (a bounce) Returned to Postmaster",
-        (Kind::Failed, false) => "Undelivered Mail Returned to Sender",
+    let subject = match r.kind {
+        Kind::Delayed { .. } => "Delayed Mail (still being retried)",
+        Kind::Failed => "Undelivered Mail Returned to Sender",
     };
     let (action, explanation) = match r.kind {
         Kind::Failed => (
@@ -160,15 +142,6 @@ pub fn build(r: &Report) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_codes_from_replies() {
-        assert_eq!(status_of("550 5.1.1 No such user", "5.0.0"), "5.1.1");
-        assert_eq!(status_of("554 rejected", "5.0.0"), "5.0.0");
-        assert_eq!(status_of("421 4.4.2 timeout", "4.0.0"), "4.4.2");
-        assert_eq!(status_of("550 5.x.1 odd", "5.0.0"), "5.0.0");
-        assert_eq!(status_of("", "4.4.7"), "4.4.7");
-    }
 
     #[test]
     fn report_has_the_three_parts() {

@@ -1,21 +1,26 @@
 //! The SMTP client: one transaction with one server for the recipients of one domain.
 //!
 //! EHLO (HELO if refused), STARTTLS as `smtp_tls` says, SIZE checked before sending,
-//! PIPELINING when offered, dot-stuffing, a reply per recipient. 2xx delivers, 4xx defers, 5xx fails; a connection lost before the
-//! final reply defers whatever was still open. A server that cannot be used at all (refused
-//! connection, time-out, a greeting other than 220) is reported so the caller tries the next.
+//! PIPELINING when offered, dot-stuffing, a reply per recipient, classified by
+//! `Outcome::from_reply`; a connection lost before the final reply defers whatever was still
+//! open. A server that cannot be used at all (refused connection, time-out, a greeting other
+//! than 220, a 421 or a lost connection before MAIL) is reported so the caller tries the
+//! next. Each reply must come whole within its time-out and the whole transaction within
+//! another, so a server that trickles bytes cannot hold a delivery thread for hours. The
+//! connection is handed back open after the last reply: the caller records the outcomes,
+//! then says QUIT.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
-use super::Outcome;
+use super::outcome::{DsnStatus, Outcome};
 use crate::auth::{self, Credentials};
 use crate::smtp::address::{ForwardPath, ReversePath};
 use crate::tls::TlsMode;
@@ -32,6 +37,8 @@ pub struct Timeouts {
     pub command: Duration,
     /// Sending the message and waiting for the final reply.
     pub data: Duration,
+    /// Everything, from connecting to the last reply.
+    pub transaction: Duration,
 }
 
 /// What to send: the envelope and the queued message file.
@@ -56,12 +63,17 @@ pub struct Security<'a> {
     pub auth: Option<&'a Credentials>,
 }
 
-#[derive(Debug, PartialEq, Eq)]
 pub enum Attempt {
     /// This server could not be used; the reason. The caller tries the next one.
     NextServer(String),
-    /// The transaction ran: one outcome per recipient, in order, and whether it was encrypted.
-    Done { outcomes: Vec<Outcome>, tls: bool },
+    /// The transaction ran: one outcome per recipient, in order, whether it was encrypted,
+    /// and the connection to close with `quit` once the outcomes are recorded (`None` when
+    /// it was lost).
+    Done {
+        outcomes: Vec<Outcome>,
+        tls: bool,
+        connection: Option<Connection>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,12 +97,7 @@ impl ServerReply {
 
     /// The outcome this reply gives to what it answers.
     fn outcome(&self, context: &str) -> Outcome {
-        let text = format!("{} (in reply to {context})", self.summary());
-        match self.class() {
-            2 | 3 => Outcome::Delivered(text),
-            4 => Outcome::Deferred(text),
-            _ => Outcome::Failed(text),
-        }
+        Outcome::from_reply(self.code, &self.text, context)
     }
 }
 
@@ -124,46 +131,69 @@ pub fn extensions(ehlo: &ServerReply) -> Extensions {
     ext
 }
 
-/// The socket, before or after STARTTLS.
-enum Transport {
+/// The socket, before or after STARTTLS, under the connection's deadlines.
+struct Transport {
+    stream: Stream,
+    /// The socket again, to set its time-outs whatever wraps it.
+    tcp: TcpStream,
+    /// How long one write may block, and the step's limit (see `Connection::timeout`).
+    step: Duration,
+    /// The reply being read must be complete by then.
+    reply_by: Instant,
+    /// The whole transaction must be over by then.
+    end: Instant,
+}
+
+enum Stream {
     Plain(TcpStream),
     Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
 }
 
 impl Transport {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Transport::Plain(tcp) => tcp,
-            Transport::Tls(tls) => &tls.sock,
+    /// Sets the socket's time-out to what is left before `by` (and the transaction's end).
+    fn arm(&self, by: Instant) -> io::Result<()> {
+        let left = by.min(self.end).saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let what = match by < self.end {
+                true => "time-out",
+                false => "the transaction took too long",
+            };
+            return Err(io::Error::new(io::ErrorKind::TimedOut, what));
         }
+        self.tcp.set_read_timeout(Some(left))?;
+        self.tcp.set_write_timeout(Some(left))
     }
 }
 
 impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Transport::Plain(tcp) => tcp.read(buf),
-            Transport::Tls(tls) => tls.read(buf),
+        self.arm(self.reply_by)?;
+        match &mut self.stream {
+            Stream::Plain(tcp) => tcp.read(buf),
+            Stream::Tls(tls) => tls.read(buf),
         }
     }
 }
 
 impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Transport::Plain(tcp) => tcp.write(buf),
-            Transport::Tls(tls) => tls.write(buf),
+        self.arm(Instant::now() + self.step)?;
+        match &mut self.stream {
+            Stream::Plain(tcp) => tcp.write(buf),
+            Stream::Tls(tls) => tls.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Transport::Plain(tcp) => tcp.flush(),
-            Transport::Tls(tls) => tls.flush(),
+        self.arm(Instant::now() + self.step)?;
+        match &mut self.stream {
+            Stream::Plain(tcp) => tcp.flush(),
+            Stream::Tls(tls) => tls.flush(),
         }
     }
 }
 
-struct Connection {
+/// An open connection to one server.
+pub struct Connection {
     reader: BufReader<Transport>,
     /// Commands waiting for `flush`: a pipelined batch goes out in one write.
     out: Vec<u8>,
@@ -190,14 +220,18 @@ impl Connection {
         self.reply()
     }
 
-    fn timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        let tcp = self.reader.get_ref().tcp();
-        tcp.set_read_timeout(Some(timeout))?;
-        tcp.set_write_timeout(Some(timeout))
+    /// From now on each reply must come whole, and each write go out, within `timeout`.
+    fn timeout(&mut self, timeout: Duration) {
+        self.reader.get_mut().step = timeout;
     }
 
     fn is_tls(&self) -> bool {
-        matches!(self.reader.get_ref(), Transport::Tls(_))
+        matches!(self.reader.get_ref().stream, Stream::Tls(_))
+    }
+
+    /// Ends the session politely; the outcomes are already recorded, so nothing hangs on it.
+    pub fn quit(mut self) {
+        let _ = self.command("QUIT");
     }
 
     /// After `220` to STARTTLS: the handshake, then everything goes through TLS. Bytes the
@@ -213,18 +247,22 @@ impl Connection {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let connection =
             ClientConnection::new(Arc::clone(&tls.config), name).map_err(io::Error::other)?;
-        let tcp = self.reader.get_ref().tcp().try_clone()?;
-        let mut stream = StreamOwned::new(connection, tcp);
+        let transport = self.reader.get_mut();
+        let by = Instant::now() + transport.step;
+        let mut stream = StreamOwned::new(connection, transport.tcp.try_clone()?);
         while stream.conn.is_handshaking() {
+            transport.arm(by)?;
             stream.conn.complete_io(&mut stream.sock)?;
         }
         // The plain reader is empty (checked above) and its socket lives on in `stream`.
-        self.reader = BufReader::new(Transport::Tls(Box::new(stream)));
+        transport.stream = Stream::Tls(Box::new(stream));
         Ok(())
     }
 
-    /// Reads one reply, possibly multi-line, bounded in size.
+    /// Reads one reply, possibly multi-line, bounded in size and in time.
     fn reply(&mut self) -> io::Result<ServerReply> {
+        let transport = self.reader.get_mut();
+        transport.reply_by = Instant::now() + transport.step;
         let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
         let mut lines = Vec::new();
         let mut code = 0;
@@ -294,54 +332,62 @@ fn deliver_once(
     timeouts: Timeouts,
     tls: &Security,
 ) -> Result<Attempt, String> {
+    let start = Instant::now();
     let stream = match TcpStream::connect_timeout(&addr, timeouts.connect) {
         Ok(stream) => stream,
         Err(e) => return Ok(Attempt::NextServer(format!("connect to {addr}: {e}"))),
     };
     let _ = stream.set_nodelay(true);
+    let tcp = match stream.try_clone() {
+        Ok(tcp) => tcp,
+        Err(e) => return Ok(Attempt::NextServer(format!("{addr}: {e}"))),
+    };
     let mut conn = Connection {
-        reader: BufReader::new(Transport::Plain(stream)),
+        reader: BufReader::new(Transport {
+            stream: Stream::Plain(stream),
+            tcp,
+            step: timeouts.command,
+            reply_by: start,
+            end: start + timeouts.transaction,
+        }),
         out: Vec::with_capacity(1024),
     };
     if tls.implicit {
-        let handshake = conn
-            .timeout(timeouts.command)
-            .and_then(|()| conn.start_tls(tls));
-        if let Err(e) = handshake {
+        if let Err(e) = conn.start_tls(tls) {
             return Ok(Attempt::NextServer(format!("TLS with {addr} failed: {e}")));
         }
     }
     let mut open: Vec<Option<Outcome>> = vec![None; message.recipients.len()];
-    let result = hello(&mut conn, helo, timeouts, tls).and_then(|hello| match hello {
+    let result = hello(&mut conn, helo, tls).and_then(|hello| match hello {
         Ok(ext) => transaction(&mut conn, &ext, message, timeouts, &mut open).map(|()| None),
         Err(next_server) => Ok(Some(next_server)),
     });
+    let outcomes = |open: Vec<Option<Outcome>>, lost: &str| -> Vec<Outcome> {
+        open.into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::deferred(DsnStatus::new(4, 4, 2), lost)))
+            .collect()
+    };
     match result {
         Ok(Some(next_server)) => Ok(Attempt::NextServer(next_server)),
         Ok(None) => {
-            let _ = conn
-                .timeout(timeouts.command)
-                .and_then(|()| conn.command("QUIT"));
-            let outcomes = open
-                .into_iter()
-                .map(|o| o.unwrap_or(Outcome::Deferred("451 4.4.2 no reply".into())))
-                .collect();
+            conn.timeout(timeouts.command);
             Ok(Attempt::Done {
-                outcomes,
+                outcomes: outcomes(open, "451 4.4.2 no reply"),
                 tls: conn.is_tls(),
+                connection: Some(conn),
             })
         }
         Err((Stage::Tls, e)) => Err(format!("TLS with {addr} failed: {e}")),
-        Err((Stage::Greeting, e)) => Ok(Attempt::NextServer(format!("{addr}: no greeting: {e}"))),
+        // Nothing was sent yet: as good as a refused connection.
+        Err((stage @ (Stage::Greeting | Stage::Hello), e)) => Ok(Attempt::NextServer(format!(
+            "{addr}: lost connection while {stage}: {e}"
+        ))),
         Err((stage, e)) => {
             let lost = format!("451 4.4.2 lost connection with {addr} while {stage}: {e}");
-            let outcomes = open
-                .into_iter()
-                .map(|o| o.unwrap_or_else(|| Outcome::Deferred(lost.clone())))
-                .collect();
             Ok(Attempt::Done {
-                outcomes,
+                outcomes: outcomes(open, &lost),
                 tls: conn.is_tls(),
+                connection: None,
             })
         }
     }
@@ -375,14 +421,7 @@ fn at(stage: Stage) -> impl Fn(io::Error) -> (Stage, io::Error) {
 }
 
 /// Greeting, EHLO (or HELO), STARTTLS. `Ok(Err(why))`: this server is not to be used.
-fn hello(
-    conn: &mut Connection,
-    helo: &str,
-    timeouts: Timeouts,
-    tls: &Security,
-) -> Step<Result<Extensions, String>> {
-    conn.timeout(timeouts.command)
-        .map_err(at(Stage::Greeting))?;
+fn hello(conn: &mut Connection, helo: &str, tls: &Security) -> Step<Result<Extensions, String>> {
     let greeting = conn.reply().map_err(at(Stage::Greeting))?;
     if greeting.code != 220 {
         return Ok(Err(format!("greeting: {}", greeting.summary())));
@@ -391,6 +430,10 @@ fn hello(
         .command(&format!("EHLO {helo}"))
         .map_err(at(Stage::Hello))?;
     let must_encrypt = matches!(tls.mode, TlsMode::Encrypt | TlsMode::Verify) || tls.auth.is_some();
+    if ehlo.class() == 4 {
+        // 421: the server is closing (busy, or going down): the next one may take it.
+        return Ok(Err(format!("EHLO: {}", ehlo.summary())));
+    }
     if ehlo.class() != 2 {
         if must_encrypt {
             return Ok(Err(format!(
@@ -492,14 +535,12 @@ fn transaction(
             "552 5.3.4 message of {} bytes exceeds the size limit {limit} of the server",
             message.size
         );
-        fail_all(open, Outcome::Failed(why));
+        fail_all(open, Outcome::failed(DsnStatus::new(5, 3, 4), why));
         return Ok(());
     }
     if message.smtputf8 && !ext.smtputf8 {
-        fail_all(
-            open,
-            Outcome::Failed("553 5.6.7 the server does not support SMTPUTF8".into()),
-        );
+        let why = "553 5.6.7 the server does not support SMTPUTF8";
+        fail_all(open, Outcome::failed(DsnStatus::new(5, 6, 7), why));
         return Ok(());
     }
     let mut mail = format!("MAIL FROM:{}", message.from);
@@ -541,9 +582,9 @@ fn transaction(
         if mail_reply.class() != 2 {
             continue;
         }
-        match reply.outcome(&format!("RCPT TO:{rcpt}")) {
-            Outcome::Delivered(_) => accepted.push(i),
-            refused => open[i] = Some(refused),
+        match reply.class() {
+            2 => accepted.push(i),
+            _ => open[i] = Some(reply.outcome(&format!("RCPT TO:{rcpt}"))),
         }
     }
     let data_reply = match (ext.pipelining, accepted.is_empty()) {
@@ -560,7 +601,7 @@ fn transaction(
         }
         return Ok(());
     }
-    conn.timeout(timeouts.data).map_err(at(Stage::Data))?;
+    conn.timeout(timeouts.data);
     if accepted.is_empty() || mail_reply.class() != 2 {
         // The server wants a message nobody will get: end it at once (RFC 2920 3.1).
         let _ = conn.command(".");
@@ -651,20 +692,15 @@ mod tests {
     }
 
     #[test]
-    fn reply_classes_give_outcomes() {
-        assert!(matches!(
-            reply(250, &["2.0.0 ok"]).outcome("x"),
-            Outcome::Delivered(_)
-        ));
-        assert!(matches!(
-            reply(451, &["4.3.0 later"]).outcome("x"),
-            Outcome::Deferred(_)
-        ));
-        let Outcome::Failed(text) = reply(550, &["5.1.1 no such user"]).outcome("RCPT TO:<a@b>")
-        else {
-            panic!("not failed")
-        };
-        assert_eq!(text, "550 5.1.1 no such user (in reply to RCPT TO:<a@b>)");
+    fn replies_give_outcomes_through_the_one_classifier() {
+        let refused = reply(550, &["5.1.1 no such user"]).outcome("RCPT TO:<a@b>");
+        assert_eq!(refused.status, DsnStatus::new(5, 1, 1));
+        assert_eq!(
+            refused.text,
+            "550 5.1.1 no such user (in reply to RCPT TO:<a@b>)"
+        );
+        let odd = reply(354, &["go on"]).outcome("end of DATA");
+        assert_eq!(odd.action, super::super::outcome::Action::Deferred);
     }
 
     #[test]

@@ -8,15 +8,18 @@
 
 pub mod bounce;
 mod client;
+mod headers;
+mod local;
 mod maildir;
 mod mx;
 mod notify;
+pub mod outcome;
 mod remote;
 pub mod route;
 pub mod schedule;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,27 +28,23 @@ use crossbeam_channel::{select, Receiver, Sender};
 use crate::auth::Credentials;
 use crate::config::Config;
 use crate::datetime;
-use crate::directory::{Directory, LocalTable};
+use crate::directory::Directory;
 use crate::envelope::{Envelope, Recipient, Status};
 use crate::smtp::address::ForwardPath;
 use crate::spool::Spool;
 use crate::tls::ClientTls;
+use headers::Headers;
 use mx::Dns;
-use route::Route;
+use outcome::{Action, DsnStatus, Outcome};
 use schedule::Schedule;
 
-/// What became of one recipient's attempt; the text is the reply or our reason, one line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Delivered(String),
-    Deferred(String),
-    Failed(String),
-}
-
-/// The most header bytes of the original message put into a bounce.
-const MAX_BOUNCE_HEADERS: u64 = 64 * 1024;
-/// Retry delay after a spool write failed (a full disk, usually).
-const SPOOL_RETRY: u64 = 60;
+/// Mail with more `Received:` headers than this is looping: bounced with 5.4.6, as Postfix's
+/// `hopcount_limit`.
+const MAX_HOPS: usize = 50;
+/// A temporary failure expires the message only after this many attempts, whatever its age:
+/// a clock stepped forward (a box without a real-time clock, then NTP) must not bounce mail
+/// at its first hiccup.
+const MIN_ATTEMPTS_TO_EXPIRE: u32 = 3;
 
 struct Context {
     config: Arc<Config>,
@@ -57,6 +56,19 @@ struct Context {
     tls: std::sync::OnceLock<Result<ClientTls, String>>,
     /// For AUTH at the relayhost.
     relay_credentials: Option<Credentials>,
+    /// Envelopes whose outcomes are achieved but could not be written (a full disk): kept
+    /// here, never repeated, until the write succeeds (invariant 6).
+    unsaved: Mutex<HashMap<String, Envelope>>,
+    /// Unix time this process started: mail older than this may have been delivered
+    /// locally by an earlier run that crashed before recording it.
+    started: u64,
+}
+
+/// One message being worked on.
+struct Job<'a> {
+    id: &'a str,
+    env: Envelope,
+    now: u64,
 }
 
 /// Starts the scheduler and the workers with the ids recovered at start; returns the sender
@@ -84,6 +96,8 @@ pub fn start(
             Some(path) => Some(Credentials::load(path).map_err(std::io::Error::other)?),
             None => None,
         },
+        unsaved: Mutex::default(),
+        started: datetime::now(),
     });
     for n in 0..config.delivery_threads {
         let (context, work_rx, results) = (Arc::clone(&context), work_rx.clone(), results.clone());
@@ -178,23 +192,27 @@ fn scheduler(
 /// One delivery thread's own state: its resolver and its randomness.
 struct Worker {
     context: Arc<Context>,
-    /// Made at the first remote delivery: a box that only delivers locally never pays for it.
-    dns: Option<Result<Dns, String>>,
+    /// Made at the first remote delivery: a box that only delivers locally never pays for
+    /// it. A failure is not kept: the next remote delivery tries again (at boot,
+    /// /etc/resolv.conf may not exist yet).
+    dns: Option<Dns>,
     random: u64,
 }
 
 impl Worker {
-    fn dns(&mut self) -> Result<&Dns, &String> {
-        let config = &self.context.config;
-        let timeout = config.smtp_command_timeout.min(Duration::from_secs(10));
-        let dns = self.dns.get_or_insert_with(|| {
-            let dns = Dns::new(config.dns_server, timeout);
-            if let Err(e) = &dns {
-                log::error!("no DNS resolver, remote mail will wait: {e}");
+    fn dns(&mut self) -> Result<&Dns, String> {
+        if self.dns.is_none() {
+            let config = &self.context.config;
+            let timeout = config.smtp_command_timeout.min(Duration::from_secs(10));
+            match Dns::new(config.dns_server, timeout) {
+                Ok(dns) => self.dns = Some(dns),
+                Err(e) => {
+                    log::error!("no DNS resolver, remote mail will wait: {e}");
+                    return Err(e);
+                }
             }
-            dns
-        });
-        dns.as_ref()
+        }
+        self.dns.as_ref().ok_or_else(String::new)
     }
 
     fn work(&mut self, id: &str) -> Option<u64> {
@@ -206,77 +224,96 @@ impl Worker {
 impl Context {
     /// Works on one message; returns when it wants another go, if ever.
     fn work(&self, id: &str, worker: &mut Worker) -> Option<u64> {
-        let mut env = match self.spool.load(id) {
-            Ok(env) => env,
-            Err(e) => {
-                log::error!("{id}: cannot load: {e}");
-                return None;
-            }
-        };
         let now = datetime::now();
-        let message = self.spool.message_path(id);
-        let table = self.directory.table();
+        let unsaved = self.unsaved.lock().ok().and_then(|mut u| u.remove(id));
+        let mut job = match unsaved {
+            Some(env) => {
+                let job = Job { id, env, now };
+                if !self.save(&job) {
+                    return self.keep(job);
+                }
+                log::info!("{id}: delivery state recorded after all");
+                job
+            }
+            None => match self.spool.load(id) {
+                Ok(env) => Job { id, env, now },
+                Err(e) => {
+                    log::error!("{id}: cannot load: {e}");
+                    return None;
+                }
+            },
+        };
+        let headers = Headers::read(&self.spool.message_path(id));
+        if headers.hops > MAX_HOPS {
+            let why = format!(
+                "554 5.4.6 too many hops: {} Received: headers, the limit is {MAX_HOPS} (mail loop?)",
+                headers.hops
+            );
+            for i in 0..job.env.recipients.len() {
+                if is_due(&job.env.recipients[i], now) {
+                    let loop_detected = Outcome::failed(DsnStatus::new(5, 4, 6), &why);
+                    self.record(&mut job, i, loop_detected, "none", &mut worker.random);
+                }
+            }
+            if !self.save(&job) {
+                return self.keep(job);
+            }
+        }
 
         // Local recipients first: aliases may add remote ones to this same message.
+        let table = self.directory.table();
         let mut i = 0;
-        while i < env.recipients.len() {
-            if is_due(&env.recipients[i], now) && self.is_local(&env.recipients[i].path) {
-                let outcome = self.deliver_local(&mut env, i, &table, &message);
-                self.record(
-                    id,
-                    &mut env,
-                    &[i],
-                    &[outcome],
-                    "local",
-                    now,
-                    &mut worker.random,
-                );
-                if !self.save(id, &env) {
-                    return Some(now + SPOOL_RETRY);
+        while i < job.env.recipients.len() {
+            let rcpt = &job.env.recipients[i];
+            if is_due(rcpt, now) && self.is_local(&rcpt.path) {
+                let outcome = self.deliver_local(&mut job, i, &table, &headers);
+                self.record(&mut job, i, outcome, "local", &mut worker.random);
+                if !self.save(&job) {
+                    return self.keep(job);
                 }
             }
             i += 1;
         }
 
-        // Remote recipients, one transaction per domain.
+        // Remote recipients, one transaction per domain; each outcome is recorded before the
+        // connection is closed, so a server slow to answer QUIT widens no crash window.
         let mut domains: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (i, rcpt) in env.recipients.iter().enumerate() {
+        for (i, rcpt) in job.env.recipients.iter().enumerate() {
             if let (true, ForwardPath::Mailbox(m)) = (is_due(rcpt, now), &rcpt.path) {
                 domains.entry(m.domain.to_lowercase()).or_default().push(i);
             }
         }
         for (domain, indexes) in domains {
-            let (outcomes, relay) = self.deliver_remote(&env, &domain, &indexes, &message, worker);
-            self.record(
-                id,
-                &mut env,
-                &indexes,
-                &outcomes,
-                &relay,
-                now,
-                &mut worker.random,
-            );
-            if !self.save(id, &env) {
-                return Some(now + SPOOL_RETRY);
+            let attempt = self.deliver_remote(&job, &domain, &indexes, worker);
+            for (&i, outcome) in indexes.iter().zip(attempt.outcomes) {
+                self.record(&mut job, i, outcome, &attempt.relay, &mut worker.random);
+            }
+            let saved = self.save(&job);
+            if let Some(connection) = attempt.connection {
+                connection.quit();
+            }
+            if !saved {
+                return self.keep(job);
             }
         }
 
-        if !self.report_failures(id, &mut env, now) || !self.warn_delay(id, &mut env, now) {
-            return Some(now + SPOOL_RETRY);
+        if !self.report_failures(&mut job) || !self.warn_delay(&mut job) {
+            return self.keep(job);
         }
-        if env.recipients.iter().all(Recipient::is_done) {
+        if job.env.recipients.iter().all(Recipient::is_done) {
             if let Err(e) = self.spool.remove(id) {
                 log::error!("{id}: cannot remove: {e}");
             }
             log::info!("{id}: removed");
             return None;
         }
-        env.recipients
+        job.env
+            .recipients
             .iter()
             .filter(|r| r.status == Status::Pending)
             .map(|r| r.next_attempt)
             .min()
-            .or(Some(now + SPOOL_RETRY))
+            .or(Some(now + self.spool_retry()))
     }
 
     fn is_local(&self, path: &ForwardPath) -> bool {
@@ -287,124 +324,93 @@ impl Context {
     }
 
     /// Writes the envelope after an attempt; false (logged) if the spool refused.
-    fn save(&self, id: &str, env: &Envelope) -> bool {
-        match self.spool.update(id, env) {
+    fn save(&self, job: &Job) -> bool {
+        match self.spool.update(job.id, &job.env) {
             Ok(()) => true,
             Err(e) => {
-                log::error!("{id}: cannot record delivery state, will retry: {e}");
+                log::error!(
+                    "{}: cannot record delivery state, keeping it in memory: {e}",
+                    job.id
+                );
                 false
             }
         }
     }
 
-    /// Delivers to the Maildirs a local recipient resolves to; remote alias targets are added
-    /// to the envelope as new recipients of this message.
-    fn deliver_local(
-        &self,
-        env: &mut Envelope,
-        index: usize,
-        table: &LocalTable,
-        message: &std::path::Path,
-    ) -> Outcome {
-        let rcpt = env.recipients[index].path.clone();
-        let expansion = route::resolve(&rcpt, &self.config.local_domains, table);
-        for problem in &expansion.problems {
-            log::warn!("{rcpt}: {problem}");
+    /// Keeps an envelope the spool refused, outcomes and all, for the next go: then only the
+    /// write is tried again, never a delivery already made.
+    fn keep(&self, job: Job) -> Option<u64> {
+        if let Ok(mut unsaved) = self.unsaved.lock() {
+            unsaved.insert(job.id.to_string(), job.env);
         }
-        if expansion.routes.is_empty() {
-            let why = expansion.problems.join("; ");
-            return Outcome::Failed(format!("550 5.1.1 {rcpt}: {why}"));
-        }
-        let domain = match &rcpt {
-            ForwardPath::Mailbox(m) => m.domain.to_lowercase(),
-            ForwardPath::Postmaster => self.config.hostname.clone(),
-        };
-        let mut delivered = Vec::new();
-        for route in expansion.routes {
-            match route {
-                Route::Local(user) => {
-                    let headers = format!(
-                        "Return-Path: {}\r\nDelivered-To: {user}@{domain}\r\n",
-                        env.reverse_path
-                    );
-                    // The directory as it is named on disk (user names match in any case).
-                    let dir = table.users.get(&user).map_or(user.as_str(), String::as_str);
-                    let maildir = self.config.mailbox_root.join(dir);
-                    if let Err(e) =
-                        maildir::deliver(&maildir, &self.config.hostname, &headers, message)
-                    {
-                        return Outcome::Deferred(format!(
-                            "451 4.3.0 cannot write to the Maildir of {user}: {e}"
-                        ));
-                    }
-                    delivered.push(format!("maildir of {user}"));
-                }
-                Route::Remote(mailbox) => {
-                    let path = ForwardPath::Mailbox(mailbox);
-                    if !env.recipients.iter().any(|r| r.path == path) {
-                        delivered.push(format!("{path} (queued)"));
-                        env.recipients.push(Recipient::pending(path));
-                    }
-                }
-            }
-        }
-        Outcome::Delivered(format!("250 2.0.0 delivered to {}", delivered.join(", ")))
+        Some(job.now + self.spool_retry())
     }
 
-    /// Applies the outcomes (one per recipient at `indexes`, or one for all) and logs each,
-    /// Postfix style.
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &self,
-        id: &str,
-        env: &mut Envelope,
-        indexes: &[usize],
-        outcomes: &[Outcome],
-        relay: &str,
-        now: u64,
-        random: &mut u64,
-    ) {
-        let delay = now.saturating_sub(env.arrival);
-        let expired = now
-            >= env
-                .arrival
-                .saturating_add(self.config.max_queue_lifetime.as_secs());
-        for (&i, outcome) in indexes.iter().zip(outcomes.iter().cycle()) {
-            let rcpt = &mut env.recipients[i];
-            rcpt.attempts += 1;
-            let (status, text) = match outcome {
-                Outcome::Delivered(reply) => {
-                    rcpt.status = Status::Delivered;
-                    ("sent", reply.clone())
-                }
-                Outcome::Deferred(reply) if expired => {
-                    rcpt.status = Status::Failed;
-                    let days = self.config.max_queue_lifetime.as_secs() as f64 / 86_400.0;
-                    (
-                        "bounced",
-                        format!("{reply} (message expired: undeliverable for {days:.1} days)"),
-                    )
-                }
-                Outcome::Deferred(reply) => {
-                    let wait = schedule::retry_delay(
-                        &self.config.retry_schedule,
-                        rcpt.attempts,
-                        next_random(random),
-                    );
-                    rcpt.next_attempt = now + wait;
-                    ("deferred", reply.clone())
-                }
-                Outcome::Failed(reply) => {
-                    rcpt.status = Status::Failed;
-                    ("bounced", reply.clone())
-                }
-            };
-            rcpt.last_reply = Some(text.clone());
-            log::info!(
-                "{id}: to={}, relay={relay}, delay={delay}, status={status} ({text})",
-                rcpt.path
-            );
-        }
+    /// How soon a refused spool write is tried again: the first retry delay, at most a minute.
+    fn spool_retry(&self) -> u64 {
+        let first = self
+            .config
+            .retry_schedule
+            .first()
+            .map_or(60, Duration::as_secs);
+        first.clamp(1, 60)
+    }
+
+    /// A temporary failure that ends the message's life: old enough, and tried often enough.
+    fn expired(&self, arrival: u64, attempts: u32, now: u64) -> bool {
+        let lifetime = self.config.max_queue_lifetime.as_secs();
+        now >= arrival.saturating_add(lifetime) && attempts >= MIN_ATTEMPTS_TO_EXPIRE
+    }
+
+    /// Applies one recipient's outcome and logs it, Postfix style.
+    fn record(&self, job: &mut Job, i: usize, outcome: Outcome, relay: &str, random: &mut u64) {
+        let (now, arrival) = (job.now, job.env.arrival);
+        let rcpt = &mut job.env.recipients[i];
+        rcpt.attempts += 1;
+        let outcome = match outcome.action {
+            Action::Deferred if self.expired(arrival, rcpt.attempts, now) => {
+                let days = self.config.max_queue_lifetime.as_secs() as f64 / 86_400.0;
+                let text = format!(
+                    "{} (message expired: undeliverable for {days:.1} days, {} attempts)",
+                    outcome.text, rcpt.attempts
+                );
+                Outcome::failed(DsnStatus::new(4, 4, 7), text)
+            }
+            _ => outcome,
+        };
+        let status = match outcome.action {
+            Action::Delivered => {
+                rcpt.status = Status::Delivered;
+                "sent"
+            }
+            Action::Expanded => {
+                rcpt.status = Status::Expanded;
+                "expanded"
+            }
+            Action::Deferred => {
+                let wait = schedule::retry_delay(
+                    &self.config.retry_schedule,
+                    rcpt.attempts,
+                    next_random(random),
+                );
+                rcpt.next_attempt = now + wait;
+                "deferred"
+            }
+            Action::Failed => {
+                rcpt.status = Status::Failed;
+                "bounced"
+            }
+        };
+        log::info!(
+            "{}: to={}, relay={relay}, delay={}, dsn={}, status={status} ({})",
+            job.id,
+            rcpt.path,
+            now.saturating_sub(arrival),
+            outcome.status,
+            outcome.text
+        );
+        rcpt.last_reply = Some(outcome.text);
+        rcpt.last_status = Some(outcome.status);
     }
 }
 

@@ -1,105 +1,104 @@
 //! Telling people what happened: failure reports (bounces) and delay warnings, built by
 //! `bounce.rs` and queued from `<>` like any other message.
 
-use std::fs::File;
-use std::io::Read;
-
 use super::bounce::{self, Failure};
-use super::{Context, MAX_BOUNCE_HEADERS};
+use super::headers::Headers;
+use super::outcome::DsnStatus;
+use super::{Context, Job};
 use crate::datetime;
 use crate::envelope::{Envelope, Recipient, Status};
 use crate::smtp::address::{ForwardPath, ReversePath};
 use crate::spool::SpoolError;
 
 impl Context {
-    /// Queues a DSN for failures not yet reported; false (logged) if the spool refused.
-    pub(super) fn report_failures(&self, id: &str, env: &mut Envelope, now: u64) -> bool {
-        let unreported: Vec<usize> = (0..env.recipients.len())
-            .filter(|&i| env.recipients[i].status == Status::Failed && !env.recipients[i].reported)
+    /// Queues a DSN to the sender for failures not yet reported; false (logged) if the spool
+    /// refused. Mail from `<>` (a bounce, a delay warning, a notice) that fails is logged and
+    /// dropped: no notice is ever made about a notice, whatever the aliases say (invariant 7).
+    pub(super) fn report_failures(&self, job: &mut Job) -> bool {
+        let unreported: Vec<usize> = (0..job.env.recipients.len())
+            .filter(|&i| {
+                let rcpt = &job.env.recipients[i];
+                rcpt.status == Status::Failed && !rcpt.reported
+            })
             .collect();
         if unreported.is_empty() {
             return true;
         }
-        let to = match &env.reverse_path {
-            ReversePath::Mailbox(m) => Some(ForwardPath::Mailbox(m.clone())),
-            // A bounce that failed goes to postmaster once; postmaster's own failure ends here.
-            ReversePath::Null => {
-                let to_postmaster = unreported
-                    .iter()
-                    .any(|&i| self.is_postmaster(&env.recipients[i].path));
-                (!to_postmaster).then_some(ForwardPath::Postmaster)
-            }
-        };
-        match to {
-            Some(to) => {
-                if !self.notify(id, env, &unreported, to, bounce::Kind::Failed, now) {
+        match &job.env.reverse_path {
+            ReversePath::Mailbox(sender) => {
+                let to = ForwardPath::Mailbox(sender.clone());
+                if !self.notify(job, &unreported, to, bounce::Kind::Failed) {
                     return false;
                 }
             }
-            None => log::error!("{id}: undeliverable notification to postmaster discarded"),
+            ReversePath::Null => {
+                for &i in &unreported {
+                    let rcpt = &job.env.recipients[i];
+                    log::error!(
+                        "{}: undeliverable mail from <> to {} dropped, no notice is sent about a notice: {}",
+                        job.id,
+                        rcpt.path,
+                        rcpt.last_reply.as_deref().unwrap_or("")
+                    );
+                }
+            }
         }
         for i in unreported {
-            env.recipients[i].reported = true;
+            job.env.recipients[i].reported = true;
         }
-        self.save(id, env)
+        self.save(job)
     }
 
     /// Warns the sender once that some recipients are still waiting, after
     /// `delay_warning_time`; never for mail from `<>`. False (logged) if the spool refused.
-    pub(super) fn warn_delay(&self, id: &str, env: &mut Envelope, now: u64) -> bool {
+    pub(super) fn warn_delay(&self, job: &mut Job) -> bool {
         let Some(after) = self.config.delay_warning_time else {
             return true;
         };
-        let ReversePath::Mailbox(sender) = &env.reverse_path else {
+        let ReversePath::Mailbox(sender) = &job.env.reverse_path else {
             return true;
         };
-        let pending: Vec<usize> = (0..env.recipients.len())
-            .filter(|&i| env.recipients[i].status == Status::Pending)
+        let pending: Vec<usize> = (0..job.env.recipients.len())
+            .filter(|&i| job.env.recipients[i].status == Status::Pending)
             .collect();
-        if env.delay_warned
+        if job.env.delay_warned
             || pending.is_empty()
-            || now < env.arrival.saturating_add(after.as_secs())
+            || job.now < job.env.arrival.saturating_add(after.as_secs())
         {
             return true;
         }
-        let until = env
+        let until = job
+            .env
             .arrival
             .saturating_add(self.config.max_queue_lifetime.as_secs());
         let to = ForwardPath::Mailbox(sender.clone());
-        if !self.notify(id, env, &pending, to, bounce::Kind::Delayed { until }, now) {
+        if !self.notify(job, &pending, to, bounce::Kind::Delayed { until }) {
             return false;
         }
-        env.delay_warned = true;
-        self.save(id, env)
+        job.env.delay_warned = true;
+        self.save(job)
     }
 
     /// Builds and queues a DSN about the recipients at `indexes`.
-    fn notify(
-        &self,
-        id: &str,
-        env: &Envelope,
-        indexes: &[usize],
-        to: ForwardPath,
-        kind: bounce::Kind,
-        now: u64,
-    ) -> bool {
+    fn notify(&self, job: &Job, indexes: &[usize], to: ForwardPath, kind: bounce::Kind) -> bool {
         let failures: Vec<Failure> = indexes
             .iter()
-            .map(|&i| self.failure(&env.recipients[i]))
+            .map(|&i| self.failure(&job.env.recipients[i], kind))
             .collect();
         let to_text = match &to {
             ForwardPath::Postmaster => format!("postmaster@{}", self.config.hostname),
             ForwardPath::Mailbox(m) => m.to_string(),
         };
+        let original = Headers::read(&self.spool.message_path(job.id));
         let dsn = bounce::build(&bounce::Report {
             kind,
             hostname: &self.config.hostname,
-            queue_id: id,
+            queue_id: job.id,
             to: &to_text,
-            arrival: env.arrival,
-            now,
+            arrival: job.env.arrival,
+            now: job.now,
             failures: &failures,
-            original_headers: &self.original_headers(id),
+            original_headers: &original.bytes,
         });
         let what = match kind {
             bounce::Kind::Failed => "non-delivery notification",
@@ -107,55 +106,32 @@ impl Context {
         };
         match self.queue_notification(&dsn, to) {
             Ok(dsn_id) => {
-                log::info!("{id}: sender {what}: {dsn_id}");
+                log::info!("{}: sender {what}: {dsn_id}", job.id);
                 true
             }
             Err(e) => {
-                log::error!("{id}: cannot queue a {what}, will retry: {e}");
+                log::error!("{}: cannot queue a {what}, will retry: {e}", job.id);
                 false
             }
         }
     }
 
-    /// One recipient as a DSN reports it.
-    fn failure(&self, rcpt: &Recipient) -> Failure {
+    /// One recipient as a DSN reports it, with the status its last attempt recorded.
+    fn failure(&self, rcpt: &Recipient, kind: bounce::Kind) -> Failure {
         let reply = rcpt.last_reply.clone().unwrap_or_default();
-        let status = match (rcpt.status, reply.contains("message expired")) {
-            (_, true) => "4.4.7".to_string(),
-            (Status::Pending, false) => bounce::status_of(&reply, "4.0.0"),
-            _ => bounce::status_of(&reply, "5.0.0"),
+        let fallback = match kind {
+            bounce::Kind::Failed => DsnStatus::new(5, 0, 0),
+            bounce::Kind::Delayed { .. } => DsnStatus::new(4, 0, 0),
         };
         Failure {
             recipient: match &rcpt.path {
                 ForwardPath::Postmaster => format!("postmaster@{}", self.config.hostname),
                 ForwardPath::Mailbox(m) => m.to_string(),
             },
-            status,
+            status: rcpt.last_status.unwrap_or(fallback).to_string(),
             diagnostic: reply,
             remote_mta: None,
         }
-    }
-
-    fn is_postmaster(&self, path: &ForwardPath) -> bool {
-        match path {
-            ForwardPath::Postmaster => true,
-            ForwardPath::Mailbox(m) => {
-                self.is_local(path) && m.local_unquoted().eq_ignore_ascii_case("postmaster")
-            }
-        }
-    }
-
-    /// The header section of a queued message, for bounces.
-    fn original_headers(&self, id: &str) -> Vec<u8> {
-        let mut head = Vec::new();
-        if let Ok(file) = File::open(self.spool.message_path(id)) {
-            let _ = file.take(MAX_BOUNCE_HEADERS).read_to_end(&mut head);
-        }
-        match head.windows(4).position(|w| w == b"\r\n\r\n") {
-            Some(end) => head.truncate(end + 2),
-            None => head.truncate(head.len()),
-        }
-        head
     }
 
     /// Queues a message made here (from `<>`) and announces it to the scheduler.

@@ -1,67 +1,79 @@
 //! Remote delivery of one domain's recipients: the servers to try (the relayhost, or the MX
 //! hosts in order) and one SMTP transaction with the first that takes it.
 
-use std::path::Path;
-
-use super::client::{self, Attempt, Timeouts};
+use super::client::{self, Attempt, Connection, Timeouts};
 use super::mx::{self, Dns, DnsFailure};
-use super::{next_random, Context, Outcome, Worker};
-use crate::envelope::Envelope;
+use super::outcome::{DsnStatus, Outcome};
+use super::{next_random, Context, Job, Worker};
 use crate::smtp::address::ForwardPath;
 use crate::tls::{ClientTls, TlsMode};
 
+/// What one domain's delivery came to.
+pub(super) struct RemoteAttempt {
+    /// One per recipient, in the order asked.
+    pub outcomes: Vec<Outcome>,
+    /// The server that answered, for the log.
+    pub relay: String,
+    /// Still open: to be closed once the outcomes are recorded.
+    pub connection: Option<Connection>,
+}
+
 impl Context {
     /// One transaction per domain: MX hosts in order, each address in turn, until a server
-    /// takes the transaction. Returns an outcome per recipient and the relay that answered.
+    /// takes the transaction.
     pub(super) fn deliver_remote(
         &self,
-        env: &Envelope,
+        job: &Job,
         domain: &str,
         indexes: &[usize],
-        message: &Path,
         worker: &mut Worker,
-    ) -> (Vec<Outcome>, String) {
-        let all = |outcome: Outcome| vec![outcome; indexes.len()];
-        let none = || "none".to_string();
+    ) -> RemoteAttempt {
+        let all = |outcome: Outcome| RemoteAttempt {
+            outcomes: vec![outcome; indexes.len()],
+            relay: "none".into(),
+            connection: None,
+        };
         let random = next_random(&mut worker.random);
         let dns = match worker.dns() {
             Ok(dns) => dns,
             Err(e) => {
-                return (
-                    all(Outcome::Deferred(format!("451 4.4.3 no DNS resolver: {e}"))),
-                    none(),
-                )
+                let why = format!("451 4.4.3 no DNS resolver: {e}");
+                return all(Outcome::deferred(DsnStatus::new(4, 4, 3), why));
             }
         };
         let hosts = match self.targets(dns, domain, random) {
             Ok(hosts) => hosts,
             Err(DnsFailure::NullMx) => {
                 let why = format!("556 5.1.10 {domain} accepts no mail (null MX)");
-                return (all(Outcome::Failed(why)), none());
+                return all(Outcome::failed(DsnStatus::new(5, 1, 10), why));
             }
             Err(DnsFailure::NoSuchDomain(why)) => {
-                return (all(Outcome::Failed(format!("550 5.1.2 {why}"))), none())
+                let why = format!("550 5.1.2 {why}");
+                return all(Outcome::failed(DsnStatus::new(5, 1, 2), why));
             }
             Err(DnsFailure::Temporary(why)) => {
-                return (all(Outcome::Deferred(format!("451 4.4.3 {why}"))), none())
+                let why = format!("451 4.4.3 {why}");
+                return all(Outcome::deferred(DsnStatus::new(4, 4, 3), why));
             }
         };
         let recipients: Vec<ForwardPath> = indexes
             .iter()
-            .map(|&i| env.recipients[i].path.clone())
+            .map(|&i| job.env.recipients[i].path.clone())
             .collect();
+        let path = self.spool.message_path(job.id);
         let message = client::Message {
-            from: &env.reverse_path,
+            from: &job.env.reverse_path,
             recipients: &recipients,
-            path: message,
-            size: env.size,
-            eight_bit: env.eight_bit,
-            smtputf8: env.smtputf8,
+            path: &path,
+            size: job.env.size,
+            eight_bit: job.env.eight_bit,
+            smtputf8: job.env.smtputf8,
         };
         let timeouts = Timeouts {
             connect: self.config.smtp_connect_timeout,
             command: self.config.smtp_command_timeout,
             data: self.config.smtp_data_timeout,
+            transaction: self.config.smtp_transaction_timeout,
         };
         let mut last = None;
         let tls_config = match self
@@ -70,20 +82,19 @@ impl Context {
         {
             Ok(tls) => tls,
             Err(e) => {
-                return (
-                    all(Outcome::Deferred(format!(
-                        "451 4.7.0 TLS is not available: {e}"
-                    ))),
-                    none(),
-                )
+                let why = format!("451 4.7.0 TLS is not available: {e}");
+                return all(Outcome::deferred(DsnStatus::new(4, 7, 0), why));
             }
         };
         let (port, mode) = match &self.config.relayhost {
-            // Credentials never travel in clear: TLS is required with them.
-            Some((_, port)) if self.relay_credentials.is_some() => match self.config.smtp_tls {
-                TlsMode::Verify => (*port, TlsMode::Verify),
-                _ => (*port, TlsMode::Encrypt),
-            },
+            // A password goes only to the smarthost itself: its certificate is checked,
+            // unless relayhost_tls_verify = no says to encrypt without checking.
+            Some((_, port)) if self.relay_credentials.is_some() => {
+                match (self.config.smtp_tls, self.config.relayhost_tls_verify) {
+                    (TlsMode::Verify, _) | (_, true) => (*port, TlsMode::Verify),
+                    _ => (*port, TlsMode::Encrypt),
+                }
+            }
             Some((_, port)) => (*port, self.config.smtp_tls),
             None => (self.config.smtp_port, self.config.smtp_tls),
         };
@@ -102,9 +113,17 @@ impl Context {
                 };
                 let addr = std::net::SocketAddr::new(*ip, port);
                 match client::deliver(addr, &self.config.hostname, &message, timeouts, &tls) {
-                    Attempt::Done { outcomes, tls } => {
+                    Attempt::Done {
+                        outcomes,
+                        tls,
+                        connection,
+                    } => {
                         let tls = if tls { "yes" } else { "no" };
-                        return (outcomes, format!("{relay}, tls={tls}"));
+                        return RemoteAttempt {
+                            outcomes,
+                            relay: format!("{relay}, tls={tls}"),
+                            connection,
+                        };
                     }
                     Attempt::NextServer(why) => {
                         log::info!("{domain}: {relay} not used: {why}");
@@ -114,8 +133,8 @@ impl Context {
             }
         }
         let why = last.unwrap_or_else(|| "no address to try".into());
-        let deferred = format!("451 4.4.1 no server for {domain} took the mail: {why}");
-        (all(Outcome::Deferred(deferred)), none())
+        let why = format!("451 4.4.1 no server for {domain} took the mail: {why}");
+        all(Outcome::deferred(DsnStatus::new(4, 4, 1), why))
     }
 
     /// The servers to try for `domain`: the relayhost if there is one, else the MX hosts.

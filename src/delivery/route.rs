@@ -26,6 +26,16 @@ pub struct Expansion {
     pub problems: Vec<String>,
 }
 
+/// The address under which an alias target's Maildir is a recipient: `user@domain`, quoted
+/// if the user name needs it; the alias's own address if even that is not an address.
+pub fn local_address(user: &str, domain: &str, alias: &ForwardPath) -> ForwardPath {
+    let quoted = format!("\"{}\"", user.replace('\\', "\\\\").replace('"', "\\\""));
+    [user.to_string(), quoted]
+        .iter()
+        .find_map(|local| address::parse_mailbox(&format!("{local}@{domain}")).ok())
+        .map_or_else(|| alias.clone(), ForwardPath::Mailbox)
+}
+
 pub fn is_local(domain: &str, local_domains: &[String]) -> bool {
     local_domains.contains(&domain.to_lowercase())
 }
@@ -224,6 +234,15 @@ mod tests {
             routes("<Postmaster@example.test>", &t).routes,
             [local("alice")]
         );
+    }
+
+    #[test]
+    fn alias_targets_have_addresses_of_their_own() {
+        let alias = parse_forward_path("<staff@example.test>").unwrap().0;
+        let path = |user: &str| local_address(user, "example.test", &alias).to_string();
+        assert_eq!(path("bob"), "<bob@example.test>");
+        assert_eq!(path("john doe"), "<\"john doe\"@example.test>");
+        assert_eq!(path(&"x".repeat(70)), "<staff@example.test>");
     }
 
     #[test]
