@@ -3,9 +3,10 @@
 //!
 //! `tmp/` holds messages being written; `queue/` holds `ID.msg` (immutable) and `ID.env`
 //! (the envelope); `corrupt/` holds what could not be read. A commit writes both files in
-//! `tmp/`, fsyncs them, renames `.msg` then `.env` into `queue/` and fsyncs `queue/` itself;
-//! only then does it return a `Queued`, the one thing that lets a session answer 250
-//! (invariant 1). A lock file keeps two servers off one spool.
+//! `tmp/`, fsyncs them, links `.msg` then `.env` into `queue/` (a link never replaces a file
+//! already there, as a rename would after an id collision) and fsyncs `queue/` itself; only
+//! then does it return a `Queued`, the one thing that lets a session answer 250 (invariant 1).
+//! A lock file keeps two servers off one spool.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -321,16 +322,25 @@ impl Incoming<'_> {
 
     /// Makes the message durable in `queue/`, setting `envelope.size`.
     pub fn commit(mut self, envelope: &mut Envelope) -> Result<Queued, SpoolError> {
-        let result = self.try_commit(envelope);
+        let mut linked = Vec::new();
+        let result = self.try_commit(envelope, &mut linked);
         if result.is_err() {
-            // Nothing acknowledged may stay behind half-made.
-            let _ = fs::remove_file(self.spool.tmp.join(format!("{}.env", self.id)));
-            let _ = fs::remove_file(self.spool.queue.join(format!("{}.msg", self.id)));
+            // Nothing unacknowledged may stay behind half-made: the .env goes first, so an
+            // .env is never left alone. Only what this commit linked is removed.
+            for path in linked.iter().rev() {
+                let _ = fs::remove_file(path);
+            }
         }
+        // The temp names are garbage either way (the message's own goes on drop).
+        let _ = fs::remove_file(self.spool.tmp.join(format!("{}.env", self.id)));
         result
     }
 
-    fn try_commit(&mut self, envelope: &mut Envelope) -> Result<Queued, SpoolError> {
+    fn try_commit(
+        &mut self,
+        envelope: &mut Envelope,
+        linked: &mut Vec<PathBuf>,
+    ) -> Result<Queued, SpoolError> {
         let path = self.path.clone();
         if let Some(source) = self.error.take() {
             return Err(io_error("write", &path)(source));
@@ -349,10 +359,11 @@ impl Incoming<'_> {
         let env_tmp = tmp.join(format!("{}.env", self.id));
         write_synced(&env_tmp, envelope.to_text().as_bytes())?;
         // .msg first: an .env in queue/ always has its message.
-        let msg_final = queue.join(format!("{}.msg", self.id));
-        fs::rename(&path, &msg_final).map_err(io_error("rename", &path))?;
-        let env_final = queue.join(format!("{}.env", self.id));
-        fs::rename(&env_tmp, &env_final).map_err(io_error("rename", &env_tmp))?;
+        for (from, suffix) in [(&path, "msg"), (&env_tmp, "env")] {
+            let to = queue.join(format!("{}.{suffix}", self.id));
+            fs::hard_link(from, &to).map_err(io_error("link into queue/", &to))?;
+            linked.push(to);
+        }
         sync_dir(queue)?;
         Ok(Queued {
             id: self.id.clone(),
@@ -488,6 +499,35 @@ mod tests {
         fs::write(dir.join("queue/9.M1P1Q1.msg"), b"m").unwrap();
         assert!(spool.load("9.M1P1Q1").is_err());
         assert_eq!(list(&dir.join("corrupt")).unwrap().len(), 2);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_commit_never_replaces_a_queued_file_and_leaves_nothing_when_it_fails() {
+        let dir = temp_dir("collide");
+        let spool = Spool::open(&dir).unwrap();
+        let mut incoming = spool.incoming().unwrap();
+        incoming.write(b"new\r\n");
+        // Another message already has this id (a clock stepped back, a pid reused).
+        let id = incoming.id().to_string();
+        fs::write(dir.join(format!("queue/{id}.env")), envelope().to_text()).unwrap();
+        fs::write(dir.join(format!("queue/{id}.msg")), b"old\r\n").unwrap();
+        assert!(incoming.commit(&mut envelope()).is_err());
+        assert_eq!(
+            fs::read(dir.join(format!("queue/{id}.msg"))).unwrap(),
+            b"old\r\n"
+        );
+        assert!(dir.join(format!("queue/{id}.env")).exists());
+        assert!(list(&dir.join("tmp")).unwrap().is_empty());
+        // Only the .msg collides: the new .env must not stay behind alone either.
+        fs::remove_file(dir.join(format!("queue/{id}.env"))).unwrap();
+        let mut incoming = spool.incoming().unwrap();
+        let id2 = incoming.id().to_string();
+        incoming.write(b"x\r\n");
+        fs::create_dir(dir.join(format!("queue/{id2}.env"))).unwrap();
+        assert!(incoming.commit(&mut envelope()).is_err());
+        assert!(!dir.join(format!("queue/{id2}.msg")).exists());
+        assert!(list(&dir.join("tmp")).unwrap().is_empty());
         fs::remove_dir_all(&dir).unwrap();
     }
 

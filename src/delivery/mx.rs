@@ -109,27 +109,27 @@ impl Dns {
         let implicit = names.is_empty();
         let names = if implicit { vec![fqdn] } else { names };
         let mut hosts = Vec::new();
-        let mut last_error = None;
+        // Why the last name gave no host: it has no address (`None`), or the lookup failed.
+        let mut temporary: Option<String> = None;
         for name in names.into_iter().take(MAX_MX_HOSTS) {
             match self.addresses(&name) {
                 Ok(addrs) if !addrs.is_empty() => hosts.push(MxHost {
                     name: name.trim_end_matches('.').to_string(),
                     addrs,
                 }),
-                Ok(_) => last_error = Some(format!("{name} has no address")),
-                Err(e) => last_error = Some(e),
+                Ok(_) => {}
+                Err(e) => temporary = Some(e),
             }
         }
-        match (hosts.is_empty(), implicit, last_error) {
+        match (hosts.is_empty(), implicit, temporary) {
             (false, _, _) => Ok(hosts),
-            (true, true, Some(why)) if !why.contains("lookup") => Err(DnsFailure::NoSuchDomain(
-                format!("{domain} has no MX and no address"),
-            )),
-            (true, _, why) => {
-                Err(DnsFailure::Temporary(why.unwrap_or_else(|| {
-                    format!("no usable MX host for {domain}")
-                })))
-            }
+            (true, _, Some(why)) => Err(DnsFailure::Temporary(why)),
+            (true, true, None) => Err(DnsFailure::NoSuchDomain(format!(
+                "{domain} has no MX and no address"
+            ))),
+            (true, false, None) => Err(DnsFailure::Temporary(format!(
+                "no MX host of {domain} has an address"
+            ))),
         }
     }
 
