@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -87,6 +87,39 @@ fn b64(bytes: &[u8]) -> String {
     out
 }
 
+/// Holds replies back until the test opens it; counts who waits.
+#[derive(Debug, Default)]
+pub struct Gate {
+    state: Mutex<(bool, usize)>,
+    changed: Condvar,
+}
+
+impl Gate {
+    pub fn new() -> Arc<Gate> {
+        Arc::default()
+    }
+
+    /// Blocks until the gate is open.
+    fn pass(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.1 += 1;
+        self.changed.notify_all();
+        while !state.0 {
+            state = self.changed.wait(state).unwrap();
+        }
+    }
+
+    pub fn open(&self) {
+        self.state.lock().unwrap().0 = true;
+        self.changed.notify_all();
+    }
+
+    /// How many have come to the gate (and waited, or passed).
+    pub fn arrived(&self) -> usize {
+        self.state.lock().unwrap().1
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Received {
     pub from: String,
@@ -120,6 +153,14 @@ pub struct Behaviour {
     pub auth: Option<(String, String)>,
     /// After a message's final dot, never answer: wait for the client to go away.
     pub hold_final: bool,
+    /// After a message's final dot, wait at this gate before answering.
+    pub final_gate: Option<Arc<Gate>>,
+    /// Answer EHLO with this instead (e.g. `421 4.3.2 busy`); HELO too.
+    pub ehlo_refusal: Option<String>,
+    /// Hang up right after reading EHLO, answering nothing.
+    pub drop_at_ehlo: bool,
+    /// Wait at this gate before answering QUIT.
+    pub quit_gate: Option<Arc<Gate>>,
 }
 
 impl Default for Behaviour {
@@ -138,6 +179,10 @@ impl Default for Behaviour {
             implicit_tls: None,
             auth: None,
             hold_final: false,
+            final_gate: None,
+            ehlo_refusal: None,
+            drop_at_ehlo: false,
+            quit_gate: None,
         }
     }
 }
@@ -218,7 +263,11 @@ fn serve(
         }
         let command = line.trim_end().to_string();
         let verb = command.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        let refusal = behaviour.lock().unwrap().ehlo_refusal.clone();
+        let drop_at_ehlo = behaviour.lock().unwrap().drop_at_ehlo;
         let reply = match verb.as_str() {
+            "EHLO" | "HELO" if drop_at_ehlo => return Ok(()),
+            "EHLO" | "HELO" if refusal.is_some() => format!("{}\r\n", refusal.unwrap_or_default()),
             "EHLO" => {
                 let b = behaviour.lock().unwrap().clone();
                 let mut lines = vec!["sink.test".to_string()];
@@ -352,6 +401,10 @@ fn serve(
                     let _ = reader.read_to_end(&mut rest); // until the client is gone
                     return Ok(());
                 }
+                let gate = behaviour.lock().unwrap().final_gate.clone();
+                if let Some(gate) = gate {
+                    gate.pass();
+                }
                 let reply = behaviour.lock().unwrap().final_replies.pop_front();
                 match reply {
                     Some(reply) => format!("{reply}\r\n"),
@@ -363,6 +416,10 @@ fn serve(
             }
             "RSET" | "NOOP" => "250 2.0.0 ok\r\n".to_string(),
             "QUIT" => {
+                let gate = behaviour.lock().unwrap().quit_gate.clone();
+                if let Some(gate) = gate {
+                    gate.pass();
+                }
                 reader.get_mut().write_all(b"221 2.0.0 bye\r\n")?;
                 return Ok(());
             }
