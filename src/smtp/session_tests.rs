@@ -200,7 +200,56 @@ fn syntax_errors_are_501() {
         codes(&run("HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<@>\r\n"))[2],
         "501 5.1.3"
     );
-    assert_eq!(codes(&run("HELO c\r\nMAIL FROM:a@b\r\n"))[1], "501 5.1.7");
+    assert_eq!(
+        codes(&run("HELO c\r\nMAIL FROM:a@b c@d\r\n"))[1],
+        "501 5.1.7"
+    );
+}
+
+#[test]
+fn bare_addresses_are_accepted_in_mail_and_rcpt() {
+    let t = run("EHLO printer\r\nMAIL FROM:scanner@office.example SIZE=10\r\nRCPT TO:alice@example.org\r\nRCPT TO: postmaster\r\nDATA\r\nscan\r\n.\r\n");
+    assert_eq!(
+        codes(&t)[1..],
+        [
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.1.5",
+            "354 End",
+            "250 2.0.0"
+        ]
+    );
+    let (env, _) = &t.messages[0];
+    assert_eq!(env.reverse_path.to_string(), "<scanner@office.example>");
+    assert_eq!(env.recipients[0].path.to_string(), "<alice@example.org>");
+}
+
+#[test]
+fn missing_or_ambiguous_addresses_are_still_501() {
+    for (mail, code) in [
+        ("MAIL FROM:", "501 5.1.7"),
+        ("MAIL FROM:a@b c@d", "501 5.1.7"),
+        ("MAIL FROM:Ann a@b", "501 5.1.7"),
+        ("MAIL FROM:a b@c", "501 5.1.7"),
+        ("MAIL FROM:\"a b\"@c", "501 5.1.7"),
+        ("MAIL FROM:<a@b", "501 5.1.7"),
+        ("MAIL FROM:a@b>", "501 5.1.7"),
+        ("MAIL FROM:<>", "250 2.1.0"),
+    ] {
+        assert_eq!(
+            codes(&run(&format!("EHLO c\r\n{mail}\r\n")))[1],
+            code,
+            "{mail}"
+        );
+    }
+    for rcpt in [
+        "RCPT TO:",
+        "RCPT TO:alice@example.org bob@example.org",
+        "RCPT TO:<alice@example.org",
+    ] {
+        let t = run(&format!("EHLO c\r\nMAIL FROM:<>\r\n{rcpt}\r\n"));
+        assert_eq!(codes(&t)[2], "501 5.1.3", "{rcpt}");
+    }
 }
 
 #[test]
