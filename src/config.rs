@@ -34,7 +34,7 @@ pub const KEYS: &[Key] = &[
     Key { name: "message_size_limit", default: "25M", help: "largest message in bytes (K, M, G suffixes)" },
     Key { name: "max_recipients", default: "100", help: "recipients per message" },
     Key { name: "max_connections", default: "100", help: "simultaneous SMTP connections" },
-    Key { name: "max_connections_per_ip", default: "20", help: "simultaneous SMTP connections from one client address" },
+    Key { name: "max_connections_per_ip", default: "50", help: "simultaneous SMTP connections from one client address (IPv6: one /64)" },
     Key { name: "command_timeout", default: "5m", help: "idle time allowed waiting for a command (RFC 5321 4.5.3.2.7)" },
     Key { name: "data_timeout", default: "3m", help: "idle time allowed inside DATA (RFC 5321 4.5.3.2.5/6)" },
     Key { name: "bare_newline", default: "normalize", help: "bare CR or LF in message content: normalize (to CRLF) or reject" },
@@ -449,7 +449,7 @@ mod tests {
                 c.max_connections,
                 c.max_connections_per_ip
             ),
-            (100, 100, 20)
+            (100, 100, 50)
         );
         assert_eq!(c.hostname, "host.example");
         assert_eq!(c.delivery_threads, 4);

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -30,6 +30,9 @@ const READ_BUFFER: usize = 32 * 1024;
 
 /// Pending connections the kernel may hold while the accept loop catches up.
 const BACKLOG: i32 = 1024;
+/// How long the last bytes to a client may take once its place is given back: the overload
+/// reply, or the final replies of a closed session.
+const PARTING_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Binds a listener. An IPv6 address serves IPv6 only, so `0.0.0.0:25` and `[::]:25` can be
 /// listed together (Linux would otherwise give `[::]` IPv4 too, and the second bind fails).
@@ -120,8 +123,8 @@ impl Server {
 
     fn admit(self: &Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let ip = peer.ip().to_canonical();
-        if !self.limits.take(ip) {
+        let key = limit_key(peer.ip());
+        if !self.limits.take(key) {
             log::warn!("c{id} reject: connection from {peer}: too many connections");
             refuse(&mut stream);
             return;
@@ -131,19 +134,19 @@ impl Server {
             .name(format!("smtp-c{id}"))
             .stack_size(STACK_SIZE)
             .spawn(move || {
-                let _slot = Slot {
+                let slot = Slot {
                     limits: &server.limits,
-                    ip,
+                    key: Some(key),
                 };
-                server.serve(stream, peer, id);
+                server.serve(stream, peer, id, slot);
             });
         if let Err(e) = spawned {
             log::error!("c{id} cannot start a thread for {peer}: {e}");
-            self.limits.release(ip);
+            self.limits.release(key);
         }
     }
 
-    fn serve(&self, stream: TcpStream, peer: SocketAddr, id: u64) {
+    fn serve<'a>(&'a self, stream: TcpStream, peer: SocketAddr, id: u64, slot: Slot<'a>) {
         log::info!("c{id} connect from {peer}");
         let may_relay = self
             .config
@@ -159,6 +162,7 @@ impl Server {
         let mut conn = Connection {
             server: self,
             id,
+            slot,
             stream,
             session,
             message: Message::None,
@@ -177,11 +181,21 @@ impl Server {
 fn refuse(stream: &mut TcpStream) {
     let mut out = Vec::new();
     Reply::too_many_connections().write_to(&mut out);
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = stream.set_write_timeout(Some(PARTING_WRITE_TIMEOUT));
     let _ = stream.write_all(&out);
 }
 
-/// Connection counts, total and per client address.
+/// The address a client's connections are counted under: an IPv4 address (also when mapped
+/// into IPv6) as itself, an IPv6 address by its /64, the least one site is given, so that a
+/// client cannot pass the limit by using many addresses of its own network.
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !(u128::MAX >> 64))),
+        v4 => v4,
+    }
+}
+
+/// Connection counts, total and per client address (`limit_key`).
 struct Limits {
     max_total: usize,
     max_per_ip: usize,
@@ -218,15 +232,25 @@ impl Limits {
     }
 }
 
-/// One admitted connection; gives its place back when the thread ends, however it ends.
+/// One admitted connection's place. Given back when its session closes, before the client can
+/// read the final reply and connect again; or, at the latest, when its thread ends. Once only.
 struct Slot<'a> {
     limits: &'a Limits,
-    ip: IpAddr,
+    /// The `limit_key` it is counted under; `None` once given back.
+    key: Option<IpAddr>,
+}
+
+impl Slot<'_> {
+    fn release(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.limits.release(key);
+        }
+    }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.limits.release(self.ip);
+        self.release();
     }
 }
 
@@ -243,6 +267,7 @@ enum Message<'a> {
 struct Connection<'a> {
     server: &'a Server,
     id: u64,
+    slot: Slot<'a>,
     stream: TcpStream,
     session: Session,
     message: Message<'a>,
@@ -333,7 +358,13 @@ impl Connection<'_> {
                 Output::MessageEnd => self.commit(),
                 // Dropping the Incoming removes its temp file.
                 Output::MessageAbort => self.message = Message::None,
-                Output::Close => {}
+                // The replies drained so far end the session: the client may reconnect as
+                // soon as it reads them, so its place is free first. The place no longer
+                // bounds this thread, so neither may a client that stops reading.
+                Output::Close => {
+                    self.slot.release();
+                    let _ = self.stream.set_write_timeout(Some(PARTING_WRITE_TIMEOUT));
+                }
             }
         }
         if !self.out.is_empty() {
@@ -400,5 +431,54 @@ impl Connection<'_> {
         );
         // Unbounded: a session never blocks on delivery.
         let _ = self.server.queued.send(id.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ip: &str) -> IpAddr {
+        limit_key(ip.parse().unwrap())
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff")
+        );
+        assert_eq!(key("2001:db8:1:2:abcd::9"), key("2001:db8:1:2::"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::1"), key("::"));
+    }
+
+    #[test]
+    fn ipv4_clients_are_counted_by_their_address_also_when_mapped() {
+        assert_eq!(key("192.0.2.1"), "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+        assert_ne!(key("::ffff:192.0.2.1"), key("::ffff:192.0.2.2"));
+    }
+
+    #[test]
+    fn a_slot_is_given_back_once() {
+        let limits = Limits {
+            max_total: 2,
+            max_per_ip: 1,
+            counts: Mutex::new((0, HashMap::new())),
+        };
+        let client = key("192.0.2.1");
+        assert!(limits.take(client));
+        assert!(!limits.take(client));
+        let mut slot = Slot {
+            limits: &limits,
+            key: Some(client),
+        };
+        slot.release();
+        // Another connection takes the place; the first slot's drop must not free it too.
+        assert!(limits.take(client));
+        drop(slot);
+        assert!(!limits.take(client));
     }
 }

@@ -112,7 +112,7 @@ fn three_hundred_connections_over_the_cap_get_421_and_the_rest_are_served() {
 
 #[test]
 fn per_ip_cap_refuses_the_21st_while_another_address_is_served() {
-    let server = Server::start("perip", &[]);
+    let server = Server::start("perip", &["--max-connections-per-ip", "20"]);
     let mut clients: Vec<Client> = (0..20).map(|_| Client::connect(server.addr)).collect();
     for c in &mut clients {
         c.expect("220 ");

@@ -171,6 +171,39 @@ fn wrong_order_and_bad_syntax_over_the_wire() {
 }
 
 #[test]
+fn addresses_without_angle_brackets_as_appliances_send_them() {
+    let server = Server::start("bare", &[]);
+    let mut c = Client::connect(server.addr);
+    c.expect("220 ");
+    c.send("HELO scanner\r\n");
+    c.expect("250 ");
+    c.send("MAIL FROM:scanner@office.test\r\n");
+    c.expect("250 2.1.0");
+    c.send("RCPT TO:alice@example.test\r\n");
+    c.expect("250 2.1.5");
+    c.send("DATA\r\n");
+    c.expect("354 ");
+    c.send("Subject: scan\r\n\r\npage 1\r\n.\r\n");
+    let id = queue_id(&c.expect("250 2.0.0"));
+    let env = server.queued_envelope(&id);
+    assert!(env.contains("From: <scanner@office.test>\n"), "{env}");
+    assert!(env.contains("Rcpt: <alice@example.test>\n"), "{env}");
+    // ESMTP parameters after a bare address, and what stays refused.
+    c.send("EHLO ups.test\r\n");
+    c.expect("250 ");
+    c.send("MAIL FROM:ups@office.test SIZE=100\r\n");
+    c.expect("250 2.1.0");
+    c.send("RCPT TO:alice@example.test bob@example.test\r\n");
+    c.expect("501 5.1.3");
+    c.send("RSET\r\n");
+    c.expect("250 2.0.0");
+    c.send("MAIL FROM:\r\n");
+    c.expect("501 5.1.7");
+    c.send("MAIL FROM:a@b c@d\r\n");
+    c.expect("501 5.1.7");
+}
+
+#[test]
 fn relay_is_denied_outside_relay_networks() {
     // Loopback is not in this relay network, so we are an outsider.
     let server = Server::start("relay", &["--relay-networks", "192.0.2.0/24"]);

@@ -1,8 +1,10 @@
 //! Envelope addresses: RFC 5321 4.1.2 paths, with RFC 6531 UTF-8.
 //!
 //! Owns the grammar of `Path`, `Mailbox`, `Domain` and address literals. Source routes
-//! (`<@a,@b:user@c>`) are accepted and dropped, as RFC 5321 C says. Pure parsing: no
-//! policy (who may use an address) and no reply codes here.
+//! (`<@a,@b:user@c>`) are accepted and dropped, as RFC 5321 C says. A path without its angle
+//! brackets (`MAIL FROM:user@host`, as printers and other appliances send) is accepted when
+//! it cannot be misread, as Postfix does. Pure parsing: no policy (who may use an address)
+//! and no reply codes here.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -97,7 +99,8 @@ impl fmt::Display for ForwardPath {
 /// Why a path did not parse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddressError {
-    /// No `<` ... `>` around the path.
+    /// No path, a `<` without its `>`, or a path without brackets that could be misread
+    /// (followed by something that is not a parameter, as in `a@b c@d`).
     MissingBrackets,
     /// The path, local part or domain is longer than RFC 5321 allows.
     TooLong,
@@ -115,11 +118,14 @@ impl fmt::Display for AddressError {
     }
 }
 
-/// Splits `<path> rest` into the bracketed path and what follows it (parameters).
-/// Tolerates spaces before the `<`, as many clients send `MAIL FROM: <a@b>`.
+/// Splits `<path> rest` into the bracketed path and what follows it (parameters), or a bare
+/// `path rest` at its first space. Tolerates spaces before the path, as many clients send
+/// `MAIL FROM: <a@b>`.
 fn split_path(arg: &str) -> Result<(&str, &str), AddressError> {
     let arg = arg.trim_start();
-    let inner = arg.strip_prefix('<').ok_or(AddressError::MissingBrackets)?;
+    let Some(inner) = arg.strip_prefix('<') else {
+        return split_bare_path(arg);
+    };
     // A `>` may appear inside a quoted local part, so find the closing bracket by scanning.
     let mut quoted = false;
     let mut escaped = false;
@@ -135,7 +141,29 @@ fn split_path(arg: &str) -> Result<(&str, &str), AddressError> {
     Err(AddressError::MissingBrackets)
 }
 
-/// Parses `<>` or `<mailbox>` (with an optional source route) followed by parameters.
+/// A path without brackets ends at the first space; only parameters may follow it, so that
+/// `a@b c@d` or `Name a@b` is refused rather than guessed at. Such a path holds no space, so a
+/// quoted local part with one needs the brackets.
+fn split_bare_path(arg: &str) -> Result<(&str, &str), AddressError> {
+    let (path, rest) = arg.split_at(arg.find(' ').unwrap_or(arg.len()));
+    if path.is_empty() || !rest.split(' ').all(|w| w.is_empty() || is_parameter(w)) {
+        return Err(AddressError::MissingBrackets);
+    }
+    Ok((path, rest))
+}
+
+/// Has the shape of an RFC 5321 `esmtp-param`: a keyword of letters, digits and `-` (not
+/// first), then maybe `=value`. Whether we know the parameter is the command parser's business.
+fn is_parameter(word: &str) -> bool {
+    let keyword = word.split_once('=').map_or(word, |(keyword, _)| keyword);
+    keyword.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && keyword
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// Parses `<>` or `<mailbox>` (with an optional source route, brackets optional as
+/// `split_path` says) followed by parameters.
 pub fn parse_reverse_path(arg: &str) -> Result<(ReversePath, &str), AddressError> {
     let (path, rest) = split_path(arg)?;
     if path.is_empty() {
@@ -144,7 +172,8 @@ pub fn parse_reverse_path(arg: &str) -> Result<(ReversePath, &str), AddressError
     Ok((ReversePath::Mailbox(parse_mailbox_path(path)?), rest))
 }
 
-/// Parses `<postmaster>` or `<mailbox>` (with an optional source route) and parameters.
+/// Parses `<postmaster>` or `<mailbox>` (with an optional source route, brackets optional as
+/// `split_path` says) and parameters.
 pub fn parse_forward_path(arg: &str) -> Result<(ForwardPath, &str), AddressError> {
     let (path, rest) = split_path(arg)?;
     if path.eq_ignore_ascii_case("postmaster") {
@@ -328,10 +357,66 @@ mod tests {
     }
 
     #[test]
+    fn bare_paths_are_accepted_when_unambiguous() {
+        let want = ForwardPath::Mailbox(mailbox("scanner", "office.example"));
+        assert_eq!(
+            parse_forward_path("scanner@office.example"),
+            Ok((want.clone(), ""))
+        );
+        assert_eq!(
+            parse_forward_path(" scanner@office.example "),
+            Ok((want, " "))
+        );
+        assert_eq!(
+            parse_forward_path("PostMaster"),
+            Ok((ForwardPath::Postmaster, ""))
+        );
+        let (path, rest) = parse_reverse_path("ups@[192.0.2.9] SIZE=100 BODY=8BITMIME").unwrap();
+        assert_eq!(path, ReversePath::Mailbox(mailbox("ups", "[192.0.2.9]")));
+        assert_eq!(rest, " SIZE=100 BODY=8BITMIME");
+        // A parameter we do not know still has a parameter's shape: the command refuses it.
+        assert_eq!(
+            parse_reverse_path("a@b FOO-BAR=x@y"),
+            Ok((ReversePath::Mailbox(mailbox("a", "b")), " FOO-BAR=x@y"))
+        );
+    }
+
+    #[test]
+    fn ambiguous_bare_paths_are_refused() {
+        for bad in [
+            "",
+            " ",
+            "a@b c@d",
+            "a@b SIZE=1 c@d",
+            "Name a@b",
+            "a b@c",
+            "a@b =x",
+            "a@b -X",
+        ] {
+            assert_eq!(
+                parse_reverse_path(bad),
+                Err(AddressError::MissingBrackets),
+                "{bad:?}"
+            );
+        }
+        for bad in [
+            "\"a b\"@c",
+            "a@b>",
+            "a<b@c>",
+            "a@b,c@d",
+            "a@b\tSIZE=1",
+            "@a:b",
+            "a",
+        ] {
+            assert!(parse_forward_path(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
     fn malformed_addresses() {
         for bad in [
-            "a@b",
             "<a@b",
+            "<a@b c@d",
             "<a>",
             "<@b>",
             "<a@>",
@@ -346,7 +431,7 @@ mod tests {
             assert!(parse_forward_path(bad).is_err(), "{bad} parsed");
         }
         assert_eq!(
-            parse_reverse_path("a@b"),
+            parse_reverse_path("<a@b"),
             Err(AddressError::MissingBrackets)
         );
     }

@@ -239,6 +239,39 @@ mod tests {
     }
 
     #[test]
+    fn bare_addresses_take_parameters_too() {
+        let Ok(Command::Mail { from, params }) = mail("user@host.example SIZE=100") else {
+            panic!("did not parse")
+        };
+        assert_eq!(from.to_string(), "<user@host.example>");
+        assert_eq!(params.size, Some(100));
+        assert!(matches!(
+            parse(b"rcpt to:alice@example.org"),
+            Ok(Command::Rcpt(_))
+        ));
+        assert_eq!(
+            parse(b"RCPT TO:a@b NOTIFY=NEVER"),
+            Err(ParseError::UnknownParameter("NOTIFY=NEVER".into()))
+        );
+    }
+
+    #[test]
+    fn missing_or_ambiguous_bare_addresses_are_refused() {
+        for bad in ["", " ", "a@b c@d", "a@b SIZE=1 c@d", "Ann a@b", "<a@b"] {
+            assert_eq!(
+                mail(bad),
+                Err(ParseError::BadSender(AddressError::MissingBrackets)),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            parse(b"RCPT TO:a@b c@d"),
+            Err(ParseError::BadRecipient(AddressError::MissingBrackets))
+        );
+        assert!(matches!(mail("\"a b\"@c"), Err(ParseError::BadSender(_))));
+    }
+
+    #[test]
     fn unknown_or_bad_parameters() {
         assert_eq!(
             mail("<> FOO=1"),

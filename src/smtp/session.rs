@@ -20,7 +20,9 @@ use crate::spool::{Queued, SpoolError};
 
 /// RFC 5321 4.5.3.1.4: 512 octets including CRLF.
 pub const MAX_COMMAND_LINE: usize = 512;
-/// Errors (4xx/5xx replies) before we give up on a client, as Postfix's hard limit.
+/// Errors (4xx/5xx replies) before we give up on a client, as Postfix's hard limit. A 452 for
+/// too many recipients is not counted (the client did nothing wrong), and a refused message
+/// counts once however many BDAT chunks are answered with its refusal.
 pub const MAX_ERRORS: u32 = 20;
 
 /// The settings a session needs, shared by all sessions.
@@ -69,8 +71,13 @@ struct Helo {
 struct Transaction {
     from: ReversePath,
     params: MailParams,
+    /// Distinct addresses: a repeated one is delivered once.
     recipients: Vec<ForwardPath>,
+    /// RCPT commands accepted, a repeated address too: what `max_recipients` bounds.
+    accepted_rcpts: usize,
     refused_recipients: usize,
+    /// A BDAT chunk was refused for want of recipients; later ones are, too, uncounted.
+    chunk_refused: bool,
 }
 
 #[derive(Debug)]
@@ -87,10 +94,12 @@ enum State {
     },
     /// A BDAT transaction: `remaining` octets of the current chunk are still to come; at 0
     /// the next command is read (more BDAT, or RSET). `last` marks the final chunk.
+    /// `refusal_sent` once a chunk was answered with the message's refusal (counted once).
     Bdat {
         helo: Helo,
         reader: DataReader,
         aborted: bool,
+        refusal_sent: bool,
         chunk: u64,
         remaining: u64,
         last: bool,
@@ -221,13 +230,31 @@ impl Session {
         }
     }
 
+    /// Sends a reply; an error reply counts toward `MAX_ERRORS`.
     fn reply(&mut self, reply: Reply) {
         if reply.is_error() {
             self.errors += 1;
+        }
+        self.reply_uncounted(reply);
+    }
+
+    /// Sends a reply that does not count as the client's error, even if it refuses.
+    fn reply_uncounted(&mut self, reply: Reply) {
+        if reply.is_error() {
             let command = self.last_command.clone();
             self.outputs.push_back(Output::Refusal(reply, command));
         } else {
             self.outputs.push_back(Output::Reply(reply));
+        }
+    }
+
+    /// Sends a refusal that is repeated for one cause (each chunk of a refused message):
+    /// counted only the first time, which `sent` records.
+    fn refuse_once(&mut self, reply: Reply, sent: &mut bool) {
+        if std::mem::replace(sent, true) {
+            self.reply_uncounted(reply);
+        } else {
+            self.reply(reply);
         }
     }
 
@@ -334,9 +361,10 @@ impl Session {
                     helo,
                     reader,
                     aborted,
+                    refusal_sent,
                     ..
                 },
-            ) => self.next_chunk(helo, reader, aborted, size, last),
+            ) => self.next_chunk(helo, reader, aborted, refusal_sent, size, last),
             (Command::Mail { .. }, state @ State::Bdat { .. }) => {
                 self.reply(Reply::nested_mail());
                 state
@@ -430,7 +458,9 @@ impl Session {
                 from,
                 params,
                 recipients: Vec::new(),
+                accepted_rcpts: 0,
                 refused_recipients: 0,
+                chunk_refused: false,
             },
         )
     }
@@ -441,9 +471,14 @@ impl Session {
             local_names: &self.local_names,
             may_relay: self.may_relay,
         };
-        let refusal = if tx.recipients.len() >= self.config.max_recipients {
-            Some(Reply::too_many_recipients())
-        } else if to.is_utf8() && !tx.params.smtputf8 {
+        if tx.accepted_rcpts >= self.config.max_recipients {
+            // Not the client's error (RFC 5321 4.5.3.1.10): it sends the rest in another
+            // transaction. Postfix does not count it either.
+            tx.refused_recipients += 1;
+            self.reply_uncounted(Reply::too_many_recipients());
+            return State::Mail(helo, tx);
+        }
+        let refusal = if to.is_utf8() && !tx.params.smtputf8 {
             Some(Reply::smtputf8_required())
         } else {
             match policy::check_recipient(&to, &rules) {
@@ -458,6 +493,7 @@ impl Session {
                 self.reply(reply);
             }
             None => {
+                tx.accepted_rcpts += 1;
                 if !tx.recipients.contains(&to) {
                     tx.recipients.push(to);
                 }
@@ -467,16 +503,8 @@ impl Session {
         State::Mail(helo, tx)
     }
 
-    /// Starts the message of a transaction with recipients (`MessageStart`), or refuses.
-    fn start_message(&mut self, helo: &Helo, tx: Transaction) -> Result<(), Transaction> {
-        if tx.recipients.is_empty() {
-            self.reply(if tx.refused_recipients > 0 {
-                Reply::no_valid_recipients()
-            } else {
-                Reply::need_rcpt()
-            });
-            return Err(tx);
-        }
+    /// Starts the message of a transaction with recipients (`MessageStart`).
+    fn start_message(&mut self, helo: &Helo, tx: Transaction) {
         let protocol = match (helo.extended, tx.params.smtputf8) {
             (false, _) => "SMTP",
             (true, false) => "ESMTP",
@@ -494,13 +522,14 @@ impl Session {
             size: 0,
             delay_warned: false,
         }));
-        Ok(())
     }
 
     fn data(&mut self, helo: Helo, tx: Transaction) -> State {
-        if let Err(tx) = self.start_message(&helo, tx) {
+        if let Some(reply) = without_recipients(&tx) {
+            self.reply(reply);
             return State::Mail(helo, tx);
         }
+        self.start_message(&helo, tx);
         self.reply(Reply::start_data());
         State::Data {
             helo,
@@ -509,13 +538,16 @@ impl Session {
         }
     }
 
-    fn bdat(&mut self, helo: Helo, tx: Transaction, size: u64, last: bool) -> State {
-        if let Err(tx) = self.start_message(&helo, tx) {
+    fn bdat(&mut self, helo: Helo, mut tx: Transaction, size: u64, last: bool) -> State {
+        if let Some(reply) = without_recipients(&tx) {
             self.skip = size;
+            // Every pipelined chunk gets the refusal; it is one error, not one per chunk.
+            self.refuse_once(reply, &mut tx.chunk_refused);
             return State::Mail(helo, tx);
         }
+        self.start_message(&helo, tx);
         let reader = DataReader::chunked(self.config.message_size_limit, self.config.bare_newline);
-        self.next_chunk(helo, reader, false, size, last)
+        self.next_chunk(helo, reader, false, false, size, last)
     }
 
     /// Expects a chunk of `size` octets; an empty one is complete at once.
@@ -524,6 +556,7 @@ impl Session {
         helo: Helo,
         reader: DataReader,
         aborted: bool,
+        refusal_sent: bool,
         size: u64,
         last: bool,
     ) -> State {
@@ -531,6 +564,7 @@ impl Session {
             helo,
             reader,
             aborted,
+            refusal_sent,
             chunk: size,
             remaining: size,
             last,
@@ -587,6 +621,7 @@ impl Session {
             helo,
             mut reader,
             mut aborted,
+            mut refusal_sent,
             chunk,
             last,
             ..
@@ -603,38 +638,42 @@ impl Session {
             if reader.verdict() != Verdict::Acceptable && !aborted {
                 self.outputs.push_back(Output::MessageAbort);
             }
-            return self.end_message(helo, reader.verdict());
+            return self.end_message(helo, reader.verdict(), refusal_sent);
         }
         match refusal(reader.verdict()) {
             None => self.reply(Reply::chunk_received(chunk)),
-            // Every chunk of a refused message is answered with the refusal (RFC 3030 4.2).
+            // Every chunk of a refused message is answered with the refusal (RFC 3030 4.2),
+            // but it is one error.
             Some(reply) => {
                 if !aborted {
                     aborted = true;
                     self.outputs.push_back(Output::MessageAbort);
                 }
-                self.reply(reply)
+                self.refuse_once(reply, &mut refusal_sent);
             }
         }
         State::Bdat {
             helo,
             reader,
             aborted,
+            refusal_sent,
             chunk,
             remaining: 0,
             last,
         }
     }
 
-    /// The message is complete: commit it, or refuse it.
-    fn end_message(&mut self, helo: Helo, verdict: Verdict) -> State {
+    /// The message is complete: commit it, or refuse it (`refusal_sent`: an earlier chunk
+    /// was answered with this refusal already, and counted as the error).
+    fn end_message(&mut self, helo: Helo, verdict: Verdict, refusal_sent: bool) -> State {
         match refusal(verdict) {
             None => {
                 self.outputs.push_back(Output::MessageEnd);
                 State::Committing(helo)
             }
             Some(reply) => {
-                self.reply(reply);
+                let mut sent = refusal_sent;
+                self.refuse_once(reply, &mut sent);
                 State::Ready(helo)
             }
         }
@@ -659,10 +698,19 @@ impl Session {
         }
         if ended {
             if let State::Data { helo, .. } = std::mem::replace(&mut self.state, State::Closed) {
-                self.state = self.end_message(helo, verdict);
+                self.state = self.end_message(helo, verdict, false);
             }
         }
         used
+    }
+}
+
+/// The reply that refuses DATA or BDAT in a transaction with no recipient, if it has none.
+fn without_recipients(tx: &Transaction) -> Option<Reply> {
+    match (tx.recipients.is_empty(), tx.refused_recipients) {
+        (false, _) => None,
+        (true, 0) => Some(Reply::need_rcpt()),
+        (true, _) => Some(Reply::no_valid_recipients()),
     }
 }
 

@@ -7,23 +7,26 @@ use proptest::prelude::*;
 const CLIENT: &str = "192.0.2.7:4321";
 
 fn config() -> Arc<SessionConfig> {
+    config_with(3)
+}
+
+fn config_with(max_recipients: usize) -> Arc<SessionConfig> {
     Arc::new(SessionConfig {
         hostname: "mx.example.org".into(),
         message_size_limit: 1000,
-        max_recipients: 3,
+        max_recipients,
         bare_newline: BareNewline::Normalize,
         local_domains: vec!["example.org".into()],
     })
 }
 
 fn session(may_relay: bool) -> Session {
+    session_with(config(), may_relay)
+}
+
+fn session_with(config: Arc<SessionConfig>, may_relay: bool) -> Session {
     let names: HashSet<String> = ["alice".to_string()].into();
-    Session::new(
-        config(),
-        CLIENT.parse().unwrap(),
-        may_relay,
-        Arc::new(names),
-    )
+    Session::new(config, CLIENT.parse().unwrap(), may_relay, Arc::new(names))
 }
 
 /// Everything a session produced: replies as wire text, committed messages, closed or not.
@@ -197,7 +200,56 @@ fn syntax_errors_are_501() {
         codes(&run("HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<@>\r\n"))[2],
         "501 5.1.3"
     );
-    assert_eq!(codes(&run("HELO c\r\nMAIL FROM:a@b\r\n"))[1], "501 5.1.7");
+    assert_eq!(
+        codes(&run("HELO c\r\nMAIL FROM:a@b c@d\r\n"))[1],
+        "501 5.1.7"
+    );
+}
+
+#[test]
+fn bare_addresses_are_accepted_in_mail_and_rcpt() {
+    let t = run("EHLO printer\r\nMAIL FROM:scanner@office.example SIZE=10\r\nRCPT TO:alice@example.org\r\nRCPT TO: postmaster\r\nDATA\r\nscan\r\n.\r\n");
+    assert_eq!(
+        codes(&t)[1..],
+        [
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.1.5",
+            "354 End",
+            "250 2.0.0"
+        ]
+    );
+    let (env, _) = &t.messages[0];
+    assert_eq!(env.reverse_path.to_string(), "<scanner@office.example>");
+    assert_eq!(env.recipients[0].path.to_string(), "<alice@example.org>");
+}
+
+#[test]
+fn missing_or_ambiguous_addresses_are_still_501() {
+    for (mail, code) in [
+        ("MAIL FROM:", "501 5.1.7"),
+        ("MAIL FROM:a@b c@d", "501 5.1.7"),
+        ("MAIL FROM:Ann a@b", "501 5.1.7"),
+        ("MAIL FROM:a b@c", "501 5.1.7"),
+        ("MAIL FROM:\"a b\"@c", "501 5.1.7"),
+        ("MAIL FROM:<a@b", "501 5.1.7"),
+        ("MAIL FROM:a@b>", "501 5.1.7"),
+        ("MAIL FROM:<>", "250 2.1.0"),
+    ] {
+        assert_eq!(
+            codes(&run(&format!("EHLO c\r\n{mail}\r\n")))[1],
+            code,
+            "{mail}"
+        );
+    }
+    for rcpt in [
+        "RCPT TO:",
+        "RCPT TO:alice@example.org bob@example.org",
+        "RCPT TO:<alice@example.org",
+    ] {
+        let t = run(&format!("EHLO c\r\nMAIL FROM:<>\r\n{rcpt}\r\n"));
+        assert_eq!(codes(&t)[2], "501 5.1.3", "{rcpt}");
+    }
 }
 
 #[test]
@@ -300,6 +352,65 @@ fn postmaster_is_accepted_from_anyone() {
 fn too_many_recipients_is_452() {
     let t = run("HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@x.example>\r\nRCPT TO:<b@x.example>\r\nRCPT TO:<c@x.example>\r\nRCPT TO:<d@x.example>\r\n");
     assert_eq!(codes(&t)[5], "452 4.5.3");
+}
+
+/// EHLO, MAIL, the RCPT commands for `rcpts`, then a one-line message by DATA.
+fn transaction(rcpts: impl Iterator<Item = String>) -> String {
+    let mut input = "EHLO c\r\nMAIL FROM:<>\r\n".to_string();
+    for rcpt in rcpts {
+        input += &format!("RCPT TO:<{rcpt}>\r\n");
+    }
+    input + "DATA\r\nhi\r\n.\r\n"
+}
+
+/// The replies to MAIL, to `accepted` + `over` RCPTs, to DATA and to the dot.
+fn accepted_then_452(accepted: usize, over: usize) -> Vec<&'static str> {
+    let mut want = vec!["250 2.1.0"];
+    want.extend(std::iter::repeat_n("250 2.1.5", accepted));
+    want.extend(std::iter::repeat_n("452 4.5.3", over));
+    want.extend(["354 End", "250 2.0.0"]);
+    want
+}
+
+#[test]
+fn recipients_over_the_limit_get_452_which_is_not_an_error() {
+    let input = transaction((0..150).map(|i| format!("r{i}@x.example")));
+    let mut s = session_with(config_with(100), true);
+    let mut t = Transcript::default();
+    drive(&mut s, input.as_bytes(), input.len(), &mut t);
+    // Before: the 121st reply was "421 4.7.0 too many errors".
+    assert_eq!(codes(&t)[1..], accepted_then_452(100, 50));
+    assert_eq!(s.errors, 0);
+    assert!(!t.closed);
+    assert_eq!(t.messages[0].0.recipients.len(), 100);
+}
+
+#[test]
+fn a_repeated_recipient_counts_toward_the_limit_and_is_delivered_once() {
+    let input = transaction((0..150).map(|_| "alice@example.org".to_string()));
+    let t = run_with(session_with(config_with(100), true), input.as_bytes());
+    assert_eq!(codes(&t)[1..], accepted_then_452(100, 50));
+    assert_eq!(t.messages[0].0.recipients.len(), 1);
+}
+
+#[test]
+fn refused_recipients_do_not_use_up_the_limit() {
+    let input = transaction(
+        ["nobody@example.org", "alice@example.org", "x@y.example"]
+            .map(String::from)
+            .into_iter(),
+    );
+    let t = run_with(session_with(config_with(2), true), input.as_bytes());
+    assert_eq!(
+        codes(&t)[2..],
+        [
+            "550 5.1.1",
+            "250 2.1.5",
+            "250 2.1.5",
+            "354 End",
+            "250 2.0.0"
+        ]
+    );
 }
 
 #[test]
@@ -615,6 +726,43 @@ fn bdat_past_the_limit_refuses_every_later_chunk() {
     );
     assert_eq!(t.aborted, 1);
     assert!(t.messages.is_empty());
+}
+
+#[test]
+fn a_refused_bdat_message_is_one_error_however_many_chunks() {
+    let chunk = format!("BDAT 600\r\n{}", "x".repeat(600));
+    let input = format!(
+        "EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\n{}BDAT 1 LAST\r\nzNOOP\r\n",
+        chunk.repeat(40)
+    );
+    let mut s = session(true);
+    let mut t = Transcript::default();
+    drive(&mut s, input.as_bytes(), input.len(), &mut t);
+    // The second chunk passes the limit: it and every later one get the refusal.
+    let mut want = vec!["250 2.0.0"];
+    want.extend(std::iter::repeat_n("552 5.3.4", 40));
+    want.push("250 2.0.0");
+    assert_eq!(codes(&t)[3..], want);
+    assert_eq!(s.errors, 1);
+    assert_eq!(t.aborted, 1);
+    assert!(t.messages.is_empty() && !t.closed);
+}
+
+#[test]
+fn bdat_without_valid_recipients_is_one_error_however_many_chunks() {
+    let input = format!(
+        "EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<nobody@example.org>\r\n{}BDAT 3 LAST\r\nxyzNOOP\r\n",
+        "BDAT 3\r\nxyz".repeat(30)
+    );
+    let mut s = session(true);
+    let mut t = Transcript::default();
+    drive(&mut s, input.as_bytes(), input.len(), &mut t);
+    let mut want = vec!["550 5.1.1"];
+    want.extend(std::iter::repeat_n("554 5.5.1", 31));
+    want.push("250 2.0.0");
+    assert_eq!(codes(&t)[2..], want);
+    assert_eq!(s.errors, 2);
+    assert!(t.messages.is_empty() && !t.closed);
 }
 
 #[test]
