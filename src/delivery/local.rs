@@ -33,6 +33,13 @@ impl Context {
             return Outcome::failed(DsnStatus::new(5, 3, 0), "550 5.3.0 no Maildir resolved");
         };
         let address = format!("{user}@{}", self.domain_of(&rcpt.path));
+        // Gone since the alias was expanded: never made anew by delivering into it.
+        if !table.users.contains_key(&user) && user != "postmaster" {
+            return Outcome::failed(
+                DsnStatus::new(5, 1, 1),
+                format!("550 5.1.1 {address}: unknown local user '{user}'"),
+            );
+        }
         if headers.was_delivered_to(&address) {
             return Outcome::failed(
                 DsnStatus::new(5, 4, 6),
