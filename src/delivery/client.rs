@@ -154,41 +154,60 @@ impl Transport {
     fn arm(&self, by: Instant) -> io::Result<()> {
         let left = by.min(self.end).saturating_duration_since(Instant::now());
         if left.is_zero() {
-            let what = match by < self.end {
-                true => "time-out",
-                false => "the transaction took too long",
-            };
-            return Err(io::Error::new(io::ErrorKind::TimedOut, what));
+            return Err(self.expired(by));
         }
         self.tcp.set_read_timeout(Some(left))?;
         self.tcp.set_write_timeout(Some(left))
+    }
+
+    /// The error for `by` (or the transaction's end, if sooner) having passed.
+    fn expired(&self, by: Instant) -> io::Error {
+        let what = match by < self.end {
+            true => "time-out",
+            false => "the transaction took too long",
+        };
+        io::Error::new(io::ErrorKind::TimedOut, what)
+    }
+
+    /// The socket's own time-out (EAGAIN on Linux) is the deadline `by` passing: says so.
+    fn timed_out(&self, by: Instant, e: io::Error) -> io::Error {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => self.expired(by),
+            _ => e,
+        }
     }
 }
 
 impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.arm(self.reply_by)?;
-        match &mut self.stream {
+        let by = self.reply_by;
+        self.arm(by)?;
+        let read = match &mut self.stream {
             Stream::Plain(tcp) => tcp.read(buf),
             Stream::Tls(tls) => tls.read(buf),
-        }
+        };
+        read.map_err(|e| self.timed_out(by, e))
     }
 }
 
 impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.arm(Instant::now() + self.step)?;
-        match &mut self.stream {
+        let by = Instant::now() + self.step;
+        self.arm(by)?;
+        let written = match &mut self.stream {
             Stream::Plain(tcp) => tcp.write(buf),
             Stream::Tls(tls) => tls.write(buf),
-        }
+        };
+        written.map_err(|e| self.timed_out(by, e))
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.arm(Instant::now() + self.step)?;
-        match &mut self.stream {
+        let by = Instant::now() + self.step;
+        self.arm(by)?;
+        let flushed = match &mut self.stream {
             Stream::Plain(tcp) => tcp.flush(),
             Stream::Tls(tls) => tls.flush(),
-        }
+        };
+        flushed.map_err(|e| self.timed_out(by, e))
     }
 }
 
@@ -252,7 +271,10 @@ impl Connection {
         let mut stream = StreamOwned::new(connection, transport.tcp.try_clone()?);
         while stream.conn.is_handshaking() {
             transport.arm(by)?;
-            stream.conn.complete_io(&mut stream.sock)?;
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .map_err(|e| transport.timed_out(by, e))?;
         }
         // The plain reader is empty (checked above) and its socket lives on in `stream`.
         transport.stream = Stream::Tls(Box::new(stream));
