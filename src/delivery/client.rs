@@ -401,9 +401,9 @@ fn deliver_once(
         }
         Err((Stage::Tls, e)) => Err(format!("TLS with {addr} failed: {e}")),
         // Nothing was sent yet: as good as a refused connection.
-        Err((stage @ (Stage::Greeting | Stage::Hello), e)) => Ok(Attempt::NextServer(format!(
-            "{addr}: lost connection while {stage}: {e}"
-        ))),
+        Err((stage @ (Stage::Greeting | Stage::Hello), e)) => {
+            Ok(Attempt::NextServer(format!("{addr}: {e} while {stage}")))
+        }
         Err((stage, e)) => {
             let lost = format!("451 4.4.2 lost connection with {addr} while {stage}: {e}");
             Ok(Attempt::Done {
