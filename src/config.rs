@@ -50,7 +50,7 @@ pub const KEYS: &[Key] = &[
     Key { name: "smtp_connect_timeout", default: "30s", help: "time allowed to connect to a remote server" },
     Key { name: "smtp_command_timeout", default: "5m", help: "time allowed for each remote reply (RFC 5321 4.5.3.2.1-4)" },
     Key { name: "smtp_data_timeout", default: "10m", help: "time allowed to send a message and get the final reply (4.5.3.2.5-6)" },
-    Key { name: "smtp_transaction_timeout", default: "30m", help: "time allowed for a whole remote transaction, connect to last reply, however slowly the server answers" },
+    Key { name: "smtp_transaction_timeout", default: "30m", help: "time allowed for delivering to one domain, every server tried, connect to last reply (plus 1s per 10 KiB of message)" },
     Key { name: "delay_warning_time", default: "0", help: "warn the sender once when mail has waited this long (0: never)" },
     Key { name: "queue_scan_interval", default: "1m", help: "how often queue/ is scanned for files other programs put there" },
 ];

@@ -10,9 +10,11 @@
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::envelope::Envelope;
@@ -274,16 +276,25 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
         .map_err(io_error("sync directory", dir))
 }
 
-/// Maildir-style id: seconds, microseconds, pid, counter. Unique without locking and
-/// sortable by arrival time.
+/// Maildir-style id: seconds, microseconds, pid, counter, and a random number drawn once per
+/// process. Unique without locking and sortable by arrival time; the random part keeps ids
+/// apart after a clock step on a box whose pids repeat at each boot (the id also names the
+/// message's Maildir files, which must never be taken for another message's).
 fn new_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static NONCE: OnceLock<u32> = OnceLock::new();
+    let nonce = NONCE.get_or_init(|| {
+        // The standard library seeds its hash keys from the OS's random source.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.finish() as u32
+    });
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!(
-        "{}.M{:06}P{}Q{n}",
+        "{}.M{:06}P{}Q{n}R{nonce:08x}",
         now.as_secs(),
         now.subsec_micros(),
         std::process::id()
@@ -361,7 +372,7 @@ impl Incoming<'_> {
         // .msg first: an .env in queue/ always has its message.
         for (from, suffix) in [(&path, "msg"), (&env_tmp, "env")] {
             let to = queue.join(format!("{}.{suffix}", self.id));
-            fs::hard_link(from, &to).map_err(io_error("link into queue/", &to))?;
+            link_no_replace(from, &to).map_err(io_error("link into queue/", &to))?;
             linked.push(to);
         }
         sync_dir(queue)?;
@@ -375,6 +386,26 @@ impl Drop for Incoming<'_> {
     fn drop(&mut self) {
         // Not committed (or the commit failed): the temp file is garbage.
         let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Puts `from` at `to` unless a file is there already: a hard link (`from` is then removed
+/// with the rest of `tmp/`). On a file system without links (vfat), a rename after a look:
+/// safe, since only the process holding the spool lock writes `queue/`.
+fn link_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    match fs::hard_link(from, to) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported
+            ) =>
+        {
+            if fs::symlink_metadata(to).is_ok() {
+                return Err(io::ErrorKind::AlreadyExists.into());
+            }
+            fs::rename(from, to)
+        }
+        result => result,
     }
 }
 
@@ -536,6 +567,11 @@ mod tests {
         let a = new_id();
         let b = new_id();
         assert_ne!(a, b);
-        assert!(a.contains(".M") && a.contains('P') && a.contains('Q'));
+        assert!(a.contains(".M") && a.contains('P') && a.contains('Q') && a.contains('R'));
+        assert_eq!(
+            a.rsplit('R').next(),
+            b.rsplit('R').next(),
+            "one random part a process"
+        );
     }
 }

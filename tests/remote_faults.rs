@@ -378,3 +378,74 @@ fn a_huge_hostile_refusal_becomes_one_clean_line_in_the_dsn_envelope_and_log() {
         "{env}"
     );
 }
+
+#[test]
+fn all_tries_for_a_domain_end_at_the_transaction_deadline() {
+    let dns = DnsServer::start();
+    let port = trickling_mx(&dns, "slowest.test");
+    // Each reply could take 10 s; the whole delivery to the domain may take 2 s.
+    let server = sender_with(
+        "budget",
+        &dns,
+        port,
+        &[
+            "--smtp-command-timeout",
+            "10s",
+            "--smtp-transaction-timeout",
+            "2s",
+        ],
+    );
+    let start = Instant::now();
+    let id = send(&server, "ann@client.test", &["s@slowest.test"], b"x\r\n");
+    let line = wait_for_log_with(
+        &server,
+        &[&format!("{id}: to=<s@slowest.test>"), "status=deferred"],
+    );
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(6), "gave up only after {took:?}");
+    assert!(line.contains("took too long"), "{line}");
+}
+
+#[test]
+fn a_552_to_rcpt_is_temporary_and_a_huge_reply_line_does_not_shift_the_others() {
+    let dns = DnsServer::start();
+    let sink = mx_sink(&dns, "old.test");
+    sink.set(|b| {
+        // RFC 821's code for too many recipients: RFC 5321 4.5.3.1.10 says treat it as 452.
+        b.rcpt
+            .insert("many@old.test".into(), "552 too many recipients".into());
+        // One line of 10,000 characters: more than a reply line we keep.
+        b.rcpt.insert(
+            "long@old.test".into(),
+            format!("550 5.1.1 {}", "x".repeat(10_000)),
+        );
+    });
+    let server = sender("old552", &dns, sink.addr.port());
+    let id = send(
+        &server,
+        "ann@client.test",
+        &["many@old.test", "long@old.test", "fine@old.test"],
+        b"x\r\n",
+    );
+    wait_for_log_with(
+        &server,
+        &[&format!("{id}: to=<fine@old.test>"), "status=sent"],
+    );
+    wait_for_log_with(
+        &server,
+        &[
+            &format!("{id}: to=<long@old.test>"),
+            "dsn=5.1.1",
+            "status=bounced",
+        ],
+    );
+    wait_for_log_with(
+        &server,
+        &[
+            &format!("{id}: to=<many@old.test>"),
+            "dsn=4.5.3",
+            "status=deferred",
+        ],
+    );
+    assert_eq!(sink.messages()[0].rcpts, ["fine@old.test"]);
+}

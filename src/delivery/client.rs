@@ -5,8 +5,8 @@
 //! `Outcome::from_reply`; a connection lost before the final reply defers whatever was still
 //! open. A server that cannot be used at all (refused connection, time-out, a greeting other
 //! than 220, a 421 or a lost connection before MAIL) is reported so the caller tries the
-//! next. Each reply must come whole within its time-out and the whole transaction within
-//! another, so a server that trickles bytes cannot hold a delivery thread for hours. The
+//! next. Each reply must come whole within its time-out and all tries for the domain within
+//! one deadline, so a server that trickles bytes cannot hold a delivery thread for hours. The
 //! connection is handed back open after the last reply: the caller records the outcomes,
 //! then says QUIT.
 
@@ -37,8 +37,8 @@ pub struct Timeouts {
     pub command: Duration,
     /// Sending the message and waiting for the final reply.
     pub data: Duration,
-    /// Everything, from connecting to the last reply.
-    pub transaction: Duration,
+    /// Everything, for every server of the domain tried, must be over by then.
+    pub end: Instant,
 }
 
 /// What to send: the envelope and the queued message file.
@@ -296,6 +296,11 @@ impl Connection {
             if raw.is_empty() {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
+            if !raw.ends_with(b"\n") {
+                // Longer than we keep: the rest of the line is skipped, never taken for
+                // the next reply.
+                self.skip_line()?;
+            }
             let line = String::from_utf8_lossy(&raw);
             let line = line.trim_end_matches(['\r', '\n']);
             let this: u16 = line
@@ -318,6 +323,26 @@ impl Connection {
             text: lines.join(" "),
             lines,
         })
+    }
+
+    /// Reads and drops input up to and including the next LF (within the reply's deadline).
+    fn skip_line(&mut self) -> io::Result<()> {
+        loop {
+            let buf = self.reader.fill_buf()?;
+            if buf.is_empty() {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            match buf.iter().position(|&b| b == b'\n') {
+                Some(lf) => {
+                    self.reader.consume(lf + 1);
+                    return Ok(());
+                }
+                None => {
+                    let n = buf.len();
+                    self.reader.consume(n);
+                }
+            }
+        }
     }
 }
 
@@ -355,7 +380,11 @@ fn deliver_once(
     tls: &Security,
 ) -> Result<Attempt, String> {
     let start = Instant::now();
-    let stream = match TcpStream::connect_timeout(&addr, timeouts.connect) {
+    let left = timeouts.end.saturating_duration_since(start);
+    if left.is_zero() {
+        return Ok(Attempt::NextServer("no time left for this domain".into()));
+    }
+    let stream = match TcpStream::connect_timeout(&addr, timeouts.connect.min(left)) {
         Ok(stream) => stream,
         Err(e) => return Ok(Attempt::NextServer(format!("connect to {addr}: {e}"))),
     };
@@ -370,7 +399,7 @@ fn deliver_once(
             tcp,
             step: timeouts.command,
             reply_by: start,
-            end: start + timeouts.transaction,
+            end: timeouts.end,
         }),
         out: Vec::with_capacity(1024),
     };
@@ -482,6 +511,10 @@ fn hello(conn: &mut Connection, helo: &str, tls: &Security) -> Step<Result<Exten
         )));
     }
     let reply = conn.command("STARTTLS").map_err(at(Stage::Hello))?;
+    if reply.class() == 4 {
+        // 421: the server is closing; nothing is gained by staying in plaintext.
+        return Ok(Err(format!("STARTTLS: {}", reply.summary())));
+    }
     if reply.code != 220 {
         return match must_encrypt {
             true => Ok(Err(format!("STARTTLS refused: {}", reply.summary()))),
@@ -604,9 +637,15 @@ fn transaction(
         if mail_reply.class() != 2 {
             continue;
         }
-        match reply.class() {
-            2 => accepted.push(i),
-            _ => open[i] = Some(reply.outcome(&format!("RCPT TO:{rcpt}"))),
+        let context = format!("RCPT TO:{rcpt}");
+        match reply.code {
+            200..=299 => accepted.push(i),
+            // RFC 5321 4.5.3.1.10: an old server's 552 for too many recipients is temporary.
+            552 => {
+                let text = format!("{} (in reply to {context})", reply.summary());
+                open[i] = Some(Outcome::deferred(DsnStatus::new(4, 5, 3), text));
+            }
+            _ => open[i] = Some(reply.outcome(&context)),
         }
     }
     let data_reply = match (ext.pipelining, accepted.is_empty()) {

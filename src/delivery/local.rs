@@ -23,6 +23,14 @@ impl Context {
         table: &LocalTable,
         headers: &Headers,
     ) -> Outcome {
+        // Not mounted yet, or gone: no user can be told apart from an unknown one, so wait.
+        let root = &self.config.mailbox_root;
+        if !root.is_dir() {
+            return Outcome::deferred(
+                DsnStatus::new(4, 3, 0),
+                format!("451 4.3.0 mailbox_root {} is not available", root.display()),
+            );
+        }
         if job.env.recipients[i].maildir.is_none() {
             if let Some(outcome) = self.resolve(&mut job.env, i, table) {
                 return outcome;
@@ -58,9 +66,10 @@ impl Context {
             job.id,
             self.config.hostname.replace(['/', ':'], "_")
         );
-        // Only mail that was queued before this process started can have been written by
-        // an earlier run that died before recording it.
-        let look_in_cur = job.env.arrival <= self.started;
+        // A copy can exist only if a try came this far before: in an earlier run that died
+        // before recording it (the id was in the queue at start), or in an earlier attempt
+        // whose end was not sure (the Maildir's directory could not be synced).
+        let look_in_cur = rcpt.attempts > 0 || self.recovered.contains(job.id);
         let message = self.spool.message_path(job.id);
         match maildir::deliver(&maildir, &name, &headers, &message, look_in_cur) {
             Ok(Written::New(_)) => {

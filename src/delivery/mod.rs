@@ -18,7 +18,7 @@ mod remote;
 pub mod route;
 pub mod schedule;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -59,9 +59,9 @@ struct Context {
     /// Envelopes whose outcomes are achieved but could not be written (a full disk): kept
     /// here, never repeated, until the write succeeds (invariant 6).
     unsaved: Mutex<HashMap<String, Envelope>>,
-    /// Unix time this process started: mail older than this may have been delivered
-    /// locally by an earlier run that crashed before recording it.
-    started: u64,
+    /// Ids found in the queue at start: an earlier run may have written their Maildir
+    /// files and died before recording it.
+    recovered: HashSet<String>,
 }
 
 /// One message being worked on.
@@ -97,7 +97,7 @@ pub fn start(
             None => None,
         },
         unsaved: Mutex::default(),
-        started: datetime::now(),
+        recovered: recovered.iter().cloned().collect(),
     });
     for n in 0..config.delivery_threads {
         let (context, work_rx, results) = (Arc::clone(&context), work_rx.clone(), results.clone());

@@ -1,6 +1,8 @@
 //! Remote delivery of one domain's recipients: the servers to try (the relayhost, or the MX
 //! hosts in order) and one SMTP transaction with the first that takes it.
 
+use std::time::{Duration, Instant};
+
 use super::client::{self, Attempt, Connection, Timeouts};
 use super::mx::{self, Dns, DnsFailure};
 use super::outcome::{DsnStatus, Outcome};
@@ -69,11 +71,16 @@ impl Context {
             eight_bit: job.env.eight_bit,
             smtputf8: job.env.smtputf8,
         };
+        // The time for all servers of the domain: one slow MX (or five) cannot hold a delivery
+        // thread for longer, and a big message gets more (10 KiB/s), so a slow link can
+        // still carry it.
+        let budget =
+            self.config.smtp_transaction_timeout + Duration::from_secs(job.env.size / 10_240);
         let timeouts = Timeouts {
             connect: self.config.smtp_connect_timeout,
             command: self.config.smtp_command_timeout,
             data: self.config.smtp_data_timeout,
-            transaction: self.config.smtp_transaction_timeout,
+            end: Instant::now() + budget,
         };
         let mut last = None;
         let tls_config = match self

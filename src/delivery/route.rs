@@ -32,8 +32,17 @@ pub fn local_address(user: &str, domain: &str, alias: &ForwardPath) -> ForwardPa
     let quoted = format!("\"{}\"", user.replace('\\', "\\\\").replace('"', "\\\""));
     [user.to_string(), quoted]
         .iter()
-        .find_map(|local| address::parse_mailbox(&format!("{local}@{domain}")).ok())
+        .find_map(|local| recipient(&format!("{local}@{domain}")))
         .map_or_else(|| alias.clone(), ForwardPath::Mailbox)
+}
+
+/// `address` as a mailbox that an envelope's `Rcpt:` line can hold (a whole path of at most
+/// 256 characters, RFC 5321 4.5.3.1.3), or `None`.
+fn recipient(address: &str) -> Option<Mailbox> {
+    match address::parse_forward_path(&format!("<{address}>")) {
+        Ok((ForwardPath::Mailbox(mailbox), "")) => Some(mailbox),
+        _ => None,
+    }
 }
 
 pub fn is_local(domain: &str, local_domains: &[String]) -> bool {
@@ -129,11 +138,11 @@ fn expand(
                     expand(&local, depth + 1, path, local_domains, table, out);
                 }
             }
-            Some(_) => match address::parse_mailbox(target) {
-                Ok(mailbox) => out.routes.push(Route::Remote(mailbox)),
-                Err(e) => out
+            Some(_) => match recipient(target) {
+                Some(mailbox) => out.routes.push(Route::Remote(mailbox)),
+                None => out
                     .problems
-                    .push(format!("alias '{name}' has a bad address '{target}': {e}")),
+                    .push(format!("alias '{name}' has a bad address '{target}'")),
             },
         }
     }
@@ -243,6 +252,23 @@ mod tests {
         assert_eq!(path("bob"), "<bob@example.test>");
         assert_eq!(path("john doe"), "<\"john doe\"@example.test>");
         assert_eq!(path(&"x".repeat(70)), "<staff@example.test>");
+        // A local part and domain each within their limits, but a path over 256: no
+        // envelope could hold it.
+        let long_domain = format!("{}.test", "d".repeat(200));
+        assert_eq!(
+            local_address(&"u".repeat(60), &long_domain, &alias).to_string(),
+            "<staff@example.test>"
+        );
+        let t = table(&[(
+            "far",
+            &[
+                &format!("{}@{long_domain}", "u".repeat(60)),
+                "ok@elsewhere.test",
+            ],
+        )]);
+        let e = routes("<far@example.test>", &t);
+        assert_eq!(e.routes.len(), 1);
+        assert!(e.problems[0].contains("bad address"));
     }
 
     #[test]
