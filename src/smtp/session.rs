@@ -20,6 +20,9 @@ use crate::spool::{Queued, SpoolError};
 
 /// RFC 5321 4.5.3.1.4: 512 octets including CRLF.
 pub const MAX_COMMAND_LINE: usize = 512;
+/// RCPT commands past `max_recipients` answered 452 before each more counts as an error, as
+/// Postfix's `smtpd_recipient_overshoot_limit`: a client that never stops is cut off.
+pub const MAX_RECIPIENT_OVERSHOOT: usize = 1000;
 /// Errors (4xx/5xx replies) before we give up on a client, as Postfix's hard limit. A 452 for
 /// too many recipients is not counted (the client did nothing wrong), and a refused message
 /// counts once however many BDAT chunks are answered with its refusal.
@@ -76,6 +79,8 @@ struct Transaction {
     /// RCPT commands accepted, a repeated address too: what `max_recipients` bounds.
     accepted_rcpts: usize,
     refused_recipients: usize,
+    /// RCPT commands past `max_recipients`.
+    overshoot: usize,
     /// A BDAT chunk was refused for want of recipients; later ones are, too, uncounted.
     chunk_refused: bool,
 }
@@ -460,6 +465,7 @@ impl Session {
                 recipients: Vec::new(),
                 accepted_rcpts: 0,
                 refused_recipients: 0,
+                overshoot: 0,
                 chunk_refused: false,
             },
         )
@@ -473,9 +479,13 @@ impl Session {
         };
         if tx.accepted_rcpts >= self.config.max_recipients {
             // Not the client's error (RFC 5321 4.5.3.1.10): it sends the rest in another
-            // transaction. Postfix does not count it either.
+            // transaction. Postfix does not count it either, up to its overshoot limit.
             tx.refused_recipients += 1;
-            self.reply_uncounted(Reply::too_many_recipients());
+            tx.overshoot += 1;
+            match tx.overshoot > MAX_RECIPIENT_OVERSHOOT {
+                true => self.reply(Reply::too_many_recipients()),
+                false => self.reply_uncounted(Reply::too_many_recipients()),
+            }
             return State::Mail(helo, tx);
         }
         let refusal = if to.is_utf8() && !tx.params.smtputf8 {

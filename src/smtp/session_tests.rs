@@ -394,6 +394,17 @@ fn a_repeated_recipient_counts_toward_the_limit_and_is_delivered_once() {
 }
 
 #[test]
+fn a_client_that_never_stops_sending_rcpt_is_cut_off_past_the_overshoot_limit() {
+    let over = MAX_RECIPIENT_OVERSHOOT + MAX_ERRORS as usize;
+    let input = transaction((0..2 + over).map(|i| format!("r{i}@x.example")));
+    let t = run_with(session_with(config_with(2), true), input.as_bytes());
+    let replies = codes(&t);
+    let last = replies.last().map(String::as_str);
+    assert_eq!(last, Some("421 4.7.0"), "cut off at last");
+    assert_eq!(replies.iter().filter(|c| *c == "452 4.5.3").count(), over);
+}
+
+#[test]
 fn refused_recipients_do_not_use_up_the_limit() {
     let input = transaction(
         ["nobody@example.org", "alice@example.org", "x@y.example"]
