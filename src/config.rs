@@ -24,7 +24,10 @@ pub struct Key {
 /// Every setting. `hostname`'s empty default means "the system's host name".
 #[rustfmt::skip]
 pub const KEYS: &[Key] = &[
-    Key { name: "listen", default: "127.0.0.1:2525", help: "addresses to listen on (IP:PORT, [IPv6]:PORT), comma-separated" },
+    Key { name: "listen", default: "127.0.0.1:2525", help: "addresses to listen on, comma-separated: [ROLE@]IP:PORT or [ROLE@][IPv6]:PORT, ROLE smtp (the default), submission or submissions" },
+    Key { name: "tls_cert", default: "", help: "the server's certificate chain, PEM (e.g. Let's Encrypt's fullchain.pem); empty: no TLS offered" },
+    Key { name: "tls_key", default: "", help: "the private key of tls_cert, PEM (e.g. Let's Encrypt's privkey.pem)" },
+    Key { name: "submission_tls_tickets", default: "yes", help: "send TLS 1.3 session tickets on the submission roles (never on smtp: some servers then abort STARTTLS)" },
     Key { name: "spool", default: "./spool", help: "spool directory (tmp/, queue/, corrupt/)" },
     Key { name: "hostname", default: "", help: "our host name in the greeting and Received: headers (default: the system's)" },
     Key { name: "local_domains", default: "localhost", help: "domains delivered locally, comma-separated (the host name is always one)" },
@@ -57,7 +60,10 @@ pub const KEYS: &[Key] = &[
 
 #[derive(Debug)]
 pub struct Config {
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listen>,
+    /// Certificate chain and key files; both or neither.
+    pub tls: Option<TlsFiles>,
+    pub submission_tls_tickets: bool,
     pub spool: PathBuf,
     pub hostname: String,
     /// Lower-case; always includes `hostname`.
@@ -90,6 +96,59 @@ pub struct Config {
     pub smtp_command_timeout: Duration,
     pub smtp_data_timeout: Duration,
     pub smtp_transaction_timeout: Duration,
+}
+
+/// What a listener is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Mail from the world for our domains (port 25); STARTTLS offered when there is a
+    /// certificate.
+    Smtp,
+    /// People's own mail (port 587): STARTTLS, then AUTH, before MAIL.
+    Submission,
+    /// As `Submission`, with TLS from the first byte (port 465, RFC 8314).
+    Submissions,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Smtp => "smtp",
+            Role::Submission => "submission",
+            Role::Submissions => "submissions",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen {
+    pub role: Role,
+    pub addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[ROLE@]IP:PORT`.
+fn listen_entry(entry: &str) -> Result<Listen, String> {
+    let (role, addr) = match entry.split_once('@') {
+        Some(("smtp", addr)) => (Role::Smtp, addr),
+        Some(("submission", addr)) => (Role::Submission, addr),
+        Some(("submissions", addr)) => (Role::Submissions, addr),
+        Some((role, _)) => {
+            return Err(format!(
+                "'{role}' is not a role (smtp, submission or submissions)"
+            ))
+        }
+        None => (Role::Smtp, entry),
+    };
+    let addr = addr.parse().map_err(|_| {
+        format!("'{entry}' is not [ROLE@]IP:PORT (like 127.0.0.1:2525, submission@[::1]:587)")
+    })?;
+    Ok(Listen { role, addr })
 }
 
 /// Where a value came from, for error messages.
@@ -221,20 +280,33 @@ impl RawConfig {
                 message: "is only used with relayhost, which is not set".into(),
             });
         }
+        let listen = self.get("listen", |v| {
+            let listen = list(v).map(listen_entry).collect::<Result<Vec<_>, _>>()?;
+            if listen.is_empty() {
+                return Err("at least one address is needed".into());
+            }
+            Ok(listen)
+        })?;
+        let file = |key: &str| self.get(key, |v| Ok((!v.is_empty()).then(|| PathBuf::from(v))));
+        let tls = match (file("tls_cert")?, file("tls_key")?) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => return Err(self.error("tls_cert", "needs tls_key too")),
+            (None, Some(_)) => return Err(self.error("tls_key", "needs tls_cert too")),
+        };
+        if let Some(listener) = listen.iter().find(|l| l.role != Role::Smtp) {
+            if tls.is_none() {
+                let why = format!(
+                    "the {} role needs tls_cert and tls_key",
+                    listener.role.name()
+                );
+                return Err(self.error("listen", &why));
+            }
+        }
         Ok(Config {
-            listen: self.get("listen", |v| {
-                let addrs = list(v)
-                    .map(|a| {
-                        a.parse().map_err(|_| {
-                            format!("'{a}' is not IP:PORT (like 127.0.0.1:2525 or [::1]:2525)")
-                        })
-                    })
-                    .collect::<Result<Vec<SocketAddr>, _>>()?;
-                if addrs.is_empty() {
-                    return Err("at least one address is needed".into());
-                }
-                Ok(addrs)
-            })?,
+            listen,
+            tls,
+            submission_tls_tickets: self.get("submission_tls_tickets", yes_no)?,
             spool: self.get("spool", path)?,
             hostname,
             local_domains,
@@ -291,6 +363,18 @@ impl RawConfig {
             smtp_data_timeout: self.get("smtp_data_timeout", duration)?,
             smtp_transaction_timeout: self.get("smtp_transaction_timeout", duration)?,
         })
+    }
+
+    /// An error about `key`, from where its value came.
+    fn error(&self, key: &str, message: &str) -> ConfigError {
+        ConfigError {
+            source: self
+                .values
+                .get(key)
+                .map_or(Source::Default, |(_, s)| s.clone()),
+            key: key.to_string(),
+            message: message.to_string(),
+        }
     }
 
     fn get<T>(
@@ -441,7 +525,14 @@ mod tests {
     #[test]
     fn defaults() {
         let c = build("").unwrap();
-        assert_eq!(c.listen, ["127.0.0.1:2525".parse().unwrap()]);
+        assert_eq!(
+            c.listen,
+            [Listen {
+                role: Role::Smtp,
+                addr: "127.0.0.1:2525".parse().unwrap()
+            }]
+        );
+        assert_eq!(c.tls, None);
         assert_eq!(c.message_size_limit, 25 << 20);
         assert_eq!(
             (

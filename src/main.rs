@@ -14,6 +14,7 @@ mod log;
 mod server;
 mod smtp;
 mod spool;
+mod stream;
 mod tls;
 
 use std::path::Path;
@@ -144,12 +145,23 @@ fn start(config: Arc<Config>) -> Result<(), String> {
     let recovery = spool.recover().map_err(|e| e.to_string())?;
     let directory = directory::Directory::load(&config.mailbox_root, config.aliases.as_deref())
         .map_err(|e| e.to_string())?;
+    let tls = match &config.tls {
+        Some(files) => Some(
+            tls::ServerTls::load(files, config.submission_tls_tickets)
+                .map_err(|e| format!("TLS: {e}"))?,
+        ),
+        None => None,
+    };
     let mut listeners = Vec::new();
-    for addr in &config.listen {
-        let listener = server::bind(*addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    for listen in &config.listen {
+        let (role, addr) = (listen.role, listen.addr);
+        let listener = server::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
-        ::log::info!("listening on {bound}");
-        listeners.push(listener);
+        match role {
+            config::Role::Smtp => ::log::info!("listening on {bound}"),
+            _ => ::log::info!("listening on {bound} ({})", role.name()),
+        }
+        listeners.push((role, listener));
     }
     let directory = Arc::new(directory);
     let queued = delivery::start(
@@ -167,7 +179,7 @@ fn start(config: Arc<Config>) -> Result<(), String> {
         recovery.debris_removed,
         recovery.quarantined
     );
-    let server = server::Server::new(Arc::clone(&config), spool, directory, queued);
+    let server = server::Server::new(Arc::clone(&config), tls, spool, directory, queued);
     Arc::new(server).run(listeners);
     Ok(())
 }

@@ -2,8 +2,10 @@
 //! in total and per client address, with the RFC 5321 server timeouts.
 //!
 //! A thin loop around `smtp::session`: read (bounded), hand bytes over, carry out its outputs
-//! (write replies, stream the message into the spool, commit), repeat. Protocol decisions
-//! live in the session, durability in the spool; this file only moves bytes and logs.
+//! (write replies, stream the message into the spool, commit, start TLS), repeat. Protocol
+//! decisions live in the session, durability in the spool; this file only moves bytes and
+//! logs. Each listener has a role (smtp, submission, submissions): the submissions role
+//! speaks TLS from the first byte.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -15,13 +17,15 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::directory::Directory;
 use crate::envelope::Envelope;
 use crate::smtp::received;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Output, Session, SessionConfig, Timeout};
 use crate::spool::{Incoming, Spool, SpoolError};
+use crate::stream::Stream;
+use crate::tls::ServerTls;
 
 /// Stack of a connection thread: the session lives on the heap, so little is needed.
 const STACK_SIZE: usize = 256 * 1024;
@@ -51,7 +55,9 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Everything connection threads share.
 pub struct Server {
     pub config: Arc<Config>,
-    pub session_config: Arc<SessionConfig>,
+    session_configs: HashMap<Role, Arc<SessionConfig>>,
+    /// The certificate, when one is configured.
+    tls: Option<ServerTls>,
     pub spool: Arc<Spool>,
     pub directory: Arc<Directory>,
     /// Queue ids of committed messages, for the delivery side.
@@ -63,17 +69,26 @@ pub struct Server {
 impl Server {
     pub fn new(
         config: Arc<Config>,
+        tls: Option<ServerTls>,
         spool: Arc<Spool>,
         directory: Arc<Directory>,
         queued: Sender<String>,
     ) -> Server {
-        let session_config = Arc::new(SessionConfig {
-            hostname: config.hostname.clone(),
-            message_size_limit: config.message_size_limit,
-            max_recipients: config.max_recipients,
-            bare_newline: config.bare_newline,
-            local_domains: config.local_domains.clone(),
-        });
+        let session_configs = [Role::Smtp, Role::Submission, Role::Submissions]
+            .into_iter()
+            .map(|role| {
+                let session_config = SessionConfig {
+                    hostname: config.hostname.clone(),
+                    message_size_limit: config.message_size_limit,
+                    max_recipients: config.max_recipients,
+                    bare_newline: config.bare_newline,
+                    local_domains: config.local_domains.clone(),
+                    role,
+                    starttls: tls.is_some() && role != Role::Submissions,
+                };
+                (role, Arc::new(session_config))
+            })
+            .collect();
         let limits = Limits {
             max_total: config.max_connections,
             max_per_ip: config.max_connections_per_ip,
@@ -81,7 +96,8 @@ impl Server {
         };
         Server {
             config,
-            session_config,
+            session_configs,
+            tls,
             spool,
             directory,
             queued,
@@ -91,13 +107,13 @@ impl Server {
     }
 
     /// Accepts on every listener until the process ends.
-    pub fn run(self: Arc<Self>, listeners: Vec<TcpListener>) {
+    pub fn run(self: Arc<Self>, listeners: Vec<(Role, TcpListener)>) {
         let mut acceptors = Vec::new();
-        for listener in listeners {
+        for (role, listener) in listeners {
             let server = Arc::clone(&self);
             let spawned = thread::Builder::new()
                 .name("accept".into())
-                .spawn(move || server.accept_loop(listener));
+                .spawn(move || server.accept_loop(role, listener));
             match spawned {
                 Ok(handle) => acceptors.push(handle),
                 Err(e) => log::error!("cannot start a listener thread: {e}"),
@@ -108,10 +124,10 @@ impl Server {
         }
     }
 
-    fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+    fn accept_loop(self: Arc<Self>, role: Role, listener: TcpListener) {
         loop {
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer),
+                Ok((stream, peer)) => self.admit(role, stream, peer),
                 Err(e) => {
                     // EMFILE and friends pass; exiting would drop every other client.
                     log::warn!("accept failed: {e}; pausing briefly");
@@ -121,7 +137,7 @@ impl Server {
         }
     }
 
-    fn admit(self: &Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+    fn admit(self: &Arc<Self>, role: Role, mut stream: TcpStream, peer: SocketAddr) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let key = limit_key(peer.ip());
         if !self.limits.take(key) {
@@ -138,7 +154,7 @@ impl Server {
                     limits: &server.limits,
                     key: Some(key),
                 };
-                server.serve(stream, peer, id, slot);
+                server.serve(role, stream, peer, id, slot);
             });
         if let Err(e) = spawned {
             log::error!("c{id} cannot start a thread for {peer}: {e}");
@@ -146,21 +162,44 @@ impl Server {
         }
     }
 
-    fn serve<'a>(&'a self, stream: TcpStream, peer: SocketAddr, id: u64, slot: Slot<'a>) {
-        log::info!("c{id} connect from {peer}");
+    fn serve<'a>(
+        &'a self,
+        role: Role,
+        stream: TcpStream,
+        peer: SocketAddr,
+        id: u64,
+        slot: Slot<'a>,
+    ) {
+        match role {
+            Role::Smtp => log::info!("c{id} connect from {peer}"),
+            _ => log::info!("c{id} connect from {peer} ({})", role.name()),
+        }
+        let mut stream = Stream::Plain(stream);
+        let mut tls = None;
+        if role == Role::Submissions {
+            match self.start_tls(id, role, &mut stream) {
+                Ok(agreed) => tls = Some(agreed),
+                Err(e) => {
+                    log::info!("c{id} disconnect from {peer}: TLS handshake failed: {e}");
+                    return;
+                }
+            }
+        }
         let may_relay = self
             .config
             .relay_networks
             .iter()
             .any(|n| n.contains(peer.ip()));
         let session = Session::new(
-            Arc::clone(&self.session_config),
+            Arc::clone(&self.session_configs[&role]),
             peer,
             may_relay,
             self.directory.names(),
+            tls,
         );
         let mut conn = Connection {
             server: self,
+            role,
             id,
             slot,
             stream,
@@ -174,6 +213,19 @@ impl Server {
             "c{id} disconnect from {peer}: {end}, {} queued",
             conn.messages
         );
+    }
+}
+
+impl Server {
+    /// The TLS handshake on a client's stream, logged; says what was agreed.
+    fn start_tls(&self, id: u64, role: Role, stream: &mut Stream) -> io::Result<String> {
+        let Some(tls) = &self.tls else {
+            return Err(io::Error::other("no certificate configured"));
+        };
+        let connection = tls.accept(role).map_err(io::Error::other)?;
+        let agreed = stream.start_tls(connection)?;
+        log::info!("c{id} TLS established: {agreed}");
+        Ok(agreed)
     }
 }
 
@@ -266,9 +318,10 @@ enum Message<'a> {
 
 struct Connection<'a> {
     server: &'a Server,
+    role: Role,
     id: u64,
     slot: Slot<'a>,
-    stream: TcpStream,
+    stream: Stream,
     session: Session,
     message: Message<'a>,
     /// Replies waiting to be written.
@@ -281,8 +334,8 @@ impl Connection<'_> {
     fn run(&mut self) -> String {
         let mut buf = vec![0u8; READ_BUFFER];
         loop {
-            if let Err(e) = self.carry_out() {
-                return format!("write failed: {e}");
+            if let Err(end) = self.carry_out() {
+                return end;
             }
             if self.session.is_closed() {
                 return "closed".into();
@@ -291,8 +344,8 @@ impl Connection<'_> {
                 Timeout::Command => self.server.config.command_timeout,
                 Timeout::Data => self.server.config.data_timeout,
             };
-            let _ = self.stream.set_read_timeout(Some(timeout));
-            let _ = self.stream.set_write_timeout(Some(timeout));
+            let _ = self.stream.tcp().set_read_timeout(Some(timeout));
+            let _ = self.stream.tcp().set_write_timeout(Some(timeout));
             match self.stream.read(&mut buf) {
                 Ok(0) => {
                     self.note_lost("client closed the connection");
@@ -302,8 +355,8 @@ impl Connection<'_> {
                     let mut used = 0;
                     while used < n && !self.session.is_closed() {
                         used += self.session.handle_input(&buf[used..n]);
-                        if let Err(e) = self.carry_out() {
-                            return format!("write failed: {e}");
+                        if let Err(end) = self.carry_out() {
+                            return end;
                         }
                     }
                 }
@@ -335,8 +388,9 @@ impl Connection<'_> {
         }
     }
 
-    /// Drains the session's outputs and writes its replies.
-    fn carry_out(&mut self) -> io::Result<()> {
+    /// Drains the session's outputs and writes its replies; `Err` says why the connection
+    /// cannot go on.
+    fn carry_out(&mut self) -> Result<(), String> {
         while let Some(output) = self.session.poll_output() {
             match output {
                 Output::Reply(reply) => {
@@ -363,14 +417,29 @@ impl Connection<'_> {
                 // bounds this thread, so neither may a client that stops reading.
                 Output::Close => {
                     self.slot.release();
-                    let _ = self.stream.set_write_timeout(Some(PARTING_WRITE_TIMEOUT));
+                    let _ = self
+                        .stream
+                        .tcp()
+                        .set_write_timeout(Some(PARTING_WRITE_TIMEOUT));
+                }
+                // The session drops what was pipelined behind STARTTLS; the 220 goes first.
+                Output::StartTls => {
+                    self.write_out()?;
+                    match self.server.start_tls(self.id, self.role, &mut self.stream) {
+                        Ok(agreed) => self.session.handle_tls_started(agreed),
+                        Err(e) => return Err(format!("TLS handshake failed: {e}")),
+                    }
                 }
             }
         }
+        self.write_out()
+    }
+
+    fn write_out(&mut self) -> Result<(), String> {
         if !self.out.is_empty() {
             let result = self.stream.write_all(&self.out);
             self.out.clear();
-            result?;
+            result.map_err(|e| format!("write failed: {e}"))?;
         }
         Ok(())
     }
@@ -384,6 +453,7 @@ impl Connection<'_> {
                     &self.server.config.hostname,
                     incoming.id(),
                     envelope.arrival,
+                    self.session.tls(),
                 );
                 incoming.write(header.as_bytes());
                 Message::Open(incoming, envelope)

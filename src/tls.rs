@@ -1,11 +1,25 @@
-//! TLS for outgoing SMTP: rustls with the ring provider (it cross-compiles to ARM without
-//! cmake). Two client configurations: one that encrypts without checking who the server is
+//! TLS, both ways: rustls with the ring provider (it cross-compiles to ARM without cmake).
+//!
+//! Outgoing, two client configurations: one that encrypts without checking who the server is
 //! (what MTAs do by default: a certificate check on port 25 would stop mail to most of the
 //! Internet), and one that checks the certificate against the web PKI roots.
+//!
+//! Incoming, the server's certificate and key from PEM files, TLS 1.2 and 1.3 only, re-read
+//! when the files change (a certbot renewal needs no restart; sessions in progress keep the
+//! configuration they started with). No TLS 1.3 session tickets on the smtp role: Microsoft's
+//! servers abort STARTTLS when they get one and never fall back to plaintext.
 
 use std::fmt;
+use std::fs;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::PrivateKeyDer;
+use rustls::{ServerConfig, ServerConnection};
+
+use crate::config::{Role, TlsFiles};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -83,6 +97,116 @@ impl ClientTls {
             TlsMode::Verify => Arc::clone(&self.verified),
             _ => Arc::clone(&self.opportunistic),
         }
+    }
+}
+
+/// The server side: a configuration per role, from files re-read when they change.
+pub struct ServerTls {
+    files: TlsFiles,
+    submission_tickets: bool,
+    loaded: Mutex<Loaded>,
+}
+
+struct Loaded {
+    stamp: Stamp,
+    smtp: Arc<ServerConfig>,
+    submission: Arc<ServerConfig>,
+}
+
+/// The files' modification times: a change means "read them again".
+type Stamp = (Option<SystemTime>, Option<SystemTime>);
+
+impl ServerTls {
+    /// Reads the certificate and key; an error (a missing file, a key that does not match)
+    /// names the file.
+    pub fn load(files: &TlsFiles, submission_tickets: bool) -> Result<ServerTls, String> {
+        let stamp = stamp(files);
+        let (smtp, submission) = server_configs(files, submission_tickets)?;
+        Ok(ServerTls {
+            files: files.clone(),
+            submission_tickets,
+            loaded: Mutex::new(Loaded {
+                stamp,
+                smtp,
+                submission,
+            }),
+        })
+    }
+
+    /// A server connection for a new client of `role`, with the files as they are now. If
+    /// they changed but cannot be used (a renewal half-written), the last good ones serve,
+    /// with one log line per change.
+    pub fn accept(&self, role: Role) -> Result<ServerConnection, String> {
+        let config = {
+            let Ok(mut loaded) = self.loaded.lock() else {
+                return Err("TLS configuration unavailable".into());
+            };
+            let now = stamp(&self.files);
+            if now != loaded.stamp {
+                loaded.stamp = now;
+                match server_configs(&self.files, self.submission_tickets) {
+                    Ok((smtp, submission)) => {
+                        loaded.smtp = smtp;
+                        loaded.submission = submission;
+                        log::info!("TLS certificate re-read from {}", self.files.cert.display());
+                    }
+                    Err(e) => log::error!("TLS certificate not re-read, the old one serves: {e}"),
+                }
+            }
+            match role {
+                Role::Smtp => Arc::clone(&loaded.smtp),
+                Role::Submission | Role::Submissions => Arc::clone(&loaded.submission),
+            }
+        };
+        ServerConnection::new(config).map_err(|e| e.to_string())
+    }
+}
+
+fn stamp(files: &TlsFiles) -> Stamp {
+    let modified = |path| fs::metadata(path).and_then(|m| m.modified()).ok();
+    (modified(&files.cert), modified(&files.key))
+}
+
+/// The smtp role's configuration (no session tickets) and the submission roles'.
+fn server_configs(
+    files: &TlsFiles,
+    submission_tickets: bool,
+) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>), String> {
+    let cert = &files.cert;
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate in it", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("{}: {e}", files.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut smtp = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("{} and {}: {e}", cert.display(), files.key.display()))?;
+    let mut submission = smtp.clone();
+    smtp.send_tls13_tickets = 0;
+    if !submission_tickets {
+        submission.send_tls13_tickets = 0;
+    }
+    Ok((Arc::new(smtp), Arc::new(submission)))
+}
+
+/// What a finished handshake agreed on, for logs and `Received:` headers.
+pub fn describe(connection: &ServerConnection) -> String {
+    let version = match connection.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(other) => format!("{other:?}"),
+        None => "TLS".to_string(),
+    };
+    match connection.negotiated_cipher_suite() {
+        Some(suite) => format!("{version} with cipher {:?}", suite.suite()),
+        None => version,
     }
 }
 

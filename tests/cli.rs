@@ -76,7 +76,22 @@ fn bad_configurations_are_one_line_errors_with_status_2() {
         (
             "",
             &["--listen", "localhost:25"],
-            "--listen: 'localhost:25' is not IP:PORT",
+            "--listen: 'localhost:25' is not [ROLE@]IP:PORT",
+        ),
+        (
+            "",
+            &["--listen", "mail@127.0.0.1:25"],
+            "--listen: 'mail' is not a role",
+        ),
+        (
+            "",
+            &["--listen", "smtp@127.0.0.1:0, submission@127.0.0.1:0"],
+            "--listen: the submission role needs tls_cert and tls_key",
+        ),
+        (
+            "",
+            &["--tls-cert", "/x.pem"],
+            "--tls-cert: needs tls_key too",
         ),
         ("", &["--message-size-limit", "big"], "--message-size-limit"),
         ("", &["--relay-networks", "10.0.0.0/40"], "--relay-networks"),

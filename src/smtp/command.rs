@@ -25,7 +25,8 @@ pub enum Command {
     Quit,
     Vrfy,
     Help,
-    /// Known verbs we deliberately do not offer (EXPN, TURN, STARTTLS, AUTH, ...).
+    StartTls,
+    /// Known verbs we deliberately do not offer (EXPN, TURN, AUTH, ...).
     NotImplemented(&'static str),
 }
 
@@ -61,7 +62,7 @@ pub enum ParseError {
 }
 
 const NOT_IMPLEMENTED: &[&str] = &[
-    "EXPN", "TURN", "ETRN", "ATRN", "STARTTLS", "AUTH", "SEND", "SOML", "SAML",
+    "EXPN", "TURN", "ETRN", "ATRN", "AUTH", "SEND", "SOML", "SAML",
 ];
 const HTTP_VERBS: &[&str] = &["GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS"];
 
@@ -91,6 +92,7 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         "NOOP" => Ok(Command::Noop),
         "QUIT" => Ok(Command::Quit),
         "HELP" => Ok(Command::Help),
+        "STARTTLS" => no_arg("STARTTLS", Command::StartTls),
         "VRFY" if arg.trim().is_empty() => Err(ParseError::Syntax("VRFY address")),
         "VRFY" => Ok(Command::Vrfy),
         v if HTTP_VERBS.contains(&v) => Err(ParseError::Http),

@@ -3,9 +3,16 @@
 use crate::datetime;
 use crate::envelope::Envelope;
 
-/// `Received: from HELO ([IP]) by HOST (Postilion) with PROTO id ID [for <RCPT>]; DATE`,
-/// folded over three lines, CRLF-terminated. `now` is a Unix time.
-pub fn header(envelope: &Envelope, hostname: &str, id: &str, now: u64) -> String {
+/// `Received: from HELO ([IP]) [(using TLS...)] by HOST (Postilion) with PROTO id ID
+/// [for <RCPT>]; DATE`, folded, CRLF-terminated. `now` is a Unix time; `tls` what the
+/// connection's TLS agreed on, as Postfix shows it.
+pub fn header(
+    envelope: &Envelope,
+    hostname: &str,
+    id: &str,
+    now: u64,
+    tls: Option<&str>,
+) -> String {
     let helo: String = envelope
         .helo
         .chars()
@@ -28,8 +35,9 @@ pub fn header(envelope: &Envelope, hostname: &str, id: &str, now: u64) -> String
         [only] => format!("\r\n\tfor {}", only.path),
         _ => String::new(),
     };
+    let tls = tls.map_or(String::new(), |tls| format!("\r\n\t(using {tls})"));
     format!(
-        "Received: from {helo} ({literal})\r\n\tby {hostname} (Postilion) with {} id {id}{recipient};\r\n\t{}\r\n",
+        "Received: from {helo} ({literal}){tls}\r\n\tby {hostname} (Postilion) with {} id {id}{recipient};\r\n\t{}\r\n",
         envelope.protocol,
         datetime::rfc5322(now)
     )
@@ -56,7 +64,7 @@ mod tests {
             delay_warned: false,
         };
         assert_eq!(
-            header(&env, "mx.example", "ID1", 0),
+            header(&env, "mx.example", "ID1", 0, None),
             "Received: from client ?evil???X: y ([IPv6:::1])\r\n\tby mx.example (Postilion) with ESMTP id ID1\r\n\tfor <postmaster>;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
         );
     }

@@ -166,6 +166,18 @@ impl Reply {
             format!("{rcpt}: Recipient address rejected: User unknown in local recipient table"),
         )
     }
+    pub fn ready_to_start_tls() -> Reply {
+        Reply::new(220, "2.0.0", "Ready to start TLS")
+    }
+    pub fn tls_already_active() -> Reply {
+        Reply::new(503, "5.5.1", "Error: TLS already active")
+    }
+    pub fn transaction_in_progress() -> Reply {
+        Reply::new(503, "5.5.1", "Error: MAIL transaction in progress")
+    }
+    pub fn must_start_tls() -> Reply {
+        Reply::new(530, "5.7.0", "Must issue a STARTTLS command first")
+    }
     pub fn too_many_recipients() -> Reply {
         Reply::new(452, "4.5.3", "Error: too many recipients")
     }
@@ -265,6 +277,10 @@ mod tests {
             Reply::relay_denied("x"),
             Reply::unknown_user("x"),
             Reply::too_many_recipients(),
+            Reply::ready_to_start_tls(),
+            Reply::tls_already_active(),
+            Reply::transaction_in_progress(),
+            Reply::must_start_tls(),
             Reply::message_too_big(),
             Reply::smtputf8_required(),
             Reply::bare_newline(),

@@ -15,6 +15,7 @@ use super::command::{self, Command, MailParams, ParseError};
 use super::data::{BareNewline, DataReader, Verdict};
 use super::policy::{self, RecipientRules, Refusal};
 use super::reply::Reply;
+use crate::config::Role;
 use crate::envelope::{Envelope, Recipient};
 use crate::spool::{Queued, SpoolError};
 
@@ -37,6 +38,9 @@ pub struct SessionConfig {
     pub bare_newline: BareNewline,
     /// Lower-case.
     pub local_domains: Vec<String>,
+    pub role: Role,
+    /// A certificate is configured: STARTTLS is offered (until TLS is on).
+    pub starttls: bool,
 }
 
 /// What the caller must do next.
@@ -55,6 +59,10 @@ pub enum Output {
     MessageAbort,
     /// Close the connection after sending the replies before this.
     Close,
+    /// Send the replies before this, drop whatever else the client sent (it was pipelined
+    /// behind STARTTLS: CVE-2011-0411), do the TLS handshake, then call
+    /// `handle_tls_started`, or close if it fails.
+    StartTls,
 }
 
 /// Which RFC 5321 4.5.3.2 server timeout applies while waiting for input.
@@ -111,6 +119,8 @@ enum State {
     },
     /// `MessageEnd` sent; waiting for `handle_committed`.
     Committing(Helo),
+    /// `StartTls` sent: input is dropped until `handle_tls_started`.
+    StartingTls,
     Closed,
 }
 
@@ -119,6 +129,8 @@ pub struct Session {
     client: SocketAddr,
     may_relay: bool,
     local_names: Arc<HashSet<String>>,
+    /// What the connection's TLS agreed on (`TLSv1.3 with cipher ...`), once there is TLS.
+    tls: Option<String>,
     state: State,
     /// The command line read so far (bounded by `MAX_COMMAND_LINE`).
     line: Vec<u8>,
@@ -133,11 +145,14 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session greeting its client; `tls` describes the connection's TLS when it has had
+    /// it from the first byte (the submissions role).
     pub fn new(
         config: Arc<SessionConfig>,
         client: SocketAddr,
         may_relay: bool,
         local_names: Arc<HashSet<String>>,
+        tls: Option<String>,
     ) -> Session {
         let mut outputs = VecDeque::new();
         outputs.push_back(Output::Reply(Reply::greeting(&config.hostname)));
@@ -146,6 +161,7 @@ impl Session {
             client,
             may_relay,
             local_names,
+            tls,
             state: State::Fresh,
             line: Vec::with_capacity(128),
             line_too_long: false,
@@ -186,6 +202,8 @@ impl Session {
             used += match self.state {
                 State::Closed => return input.len(),
                 State::Committing(_) => return used,
+                // Pipelined behind STARTTLS: never executed (CVE-2011-0411).
+                State::StartingTls => return input.len(),
                 _ if self.skip > 0 => self.skip_chunk(&input[used..]),
                 State::Data { .. } => self.read_data(&input[used..]),
                 State::Bdat { remaining, .. } if remaining > 0 => self.read_chunk(&input[used..]),
@@ -194,6 +212,20 @@ impl Session {
             self.enforce_error_limit();
         }
         used
+    }
+
+    /// The TLS handshake after `StartTls` succeeded; `tls` says what was agreed. The session
+    /// starts over (RFC 3207 4.2): no HELO, no transaction.
+    pub fn handle_tls_started(&mut self, tls: String) {
+        if let State::StartingTls = self.state {
+            self.state = State::Fresh;
+            self.tls = Some(tls);
+        }
+    }
+
+    /// The TLS of the connection, once there is some.
+    pub fn tls(&self) -> Option<&str> {
+        self.tls.as_deref()
     }
 
     /// The spool's verdict on the message of the last `MessageEnd`.
@@ -414,6 +446,7 @@ impl Session {
                 self.reply(Reply::help());
                 state
             }
+            (Command::StartTls, state) => self.start_tls(state),
             (Command::NotImplemented(verb), state) => {
                 self.reply(Reply::not_implemented(verb));
                 state
@@ -429,7 +462,7 @@ impl Session {
     }
 
     fn extensions(&self) -> Vec<String> {
-        vec![
+        let mut extensions = vec![
             "PIPELINING".into(),
             format!("SIZE {}", self.config.message_size_limit),
             "8BITMIME".into(),
@@ -437,10 +470,44 @@ impl Session {
             "CHUNKING".into(),
             "SMTPUTF8".into(),
             "HELP".into(),
-        ]
+        ];
+        if self.config.starttls && self.tls.is_none() {
+            extensions.push("STARTTLS".into());
+        }
+        extensions
+    }
+
+    /// STARTTLS (RFC 3207): after EHLO, outside a transaction, once.
+    fn start_tls(&mut self, state: State) -> State {
+        let refusal = match &state {
+            _ if !self.config.starttls => Some(Reply::not_implemented("STARTTLS")),
+            _ if self.tls.is_some() => Some(Reply::tls_already_active()),
+            State::Fresh => Some(Reply::need_helo()),
+            State::Ready(_) => None,
+            _ => Some(Reply::transaction_in_progress()),
+        };
+        if let Some(reply) = refusal {
+            self.reply(reply);
+            return state;
+        }
+        self.reply(Reply::ready_to_start_tls());
+        self.outputs.push_back(Output::StartTls);
+        // Half a command line read behind it is dropped with the rest.
+        self.line.clear();
+        self.line_too_long = false;
+        State::StartingTls
+    }
+
+    /// A role that wants TLS first (submission) refuses what needs it with 530.
+    fn needs_tls_first(&self) -> bool {
+        self.config.role != Role::Smtp && self.tls.is_none()
     }
 
     fn mail(&mut self, helo: Helo, from: ReversePath, params: MailParams) -> State {
+        if self.needs_tls_first() {
+            self.reply(Reply::must_start_tls());
+            return State::Ready(helo);
+        }
         if !helo.extended && !params.is_empty() {
             self.reply(Reply::unknown_parameter("ESMTP parameters need EHLO"));
             return State::Ready(helo);
@@ -515,10 +582,13 @@ impl Session {
 
     /// Starts the message of a transaction with recipients (`MessageStart`).
     fn start_message(&mut self, helo: &Helo, tx: Transaction) {
-        let protocol = match (helo.extended, tx.params.smtputf8) {
-            (false, _) => "SMTP",
-            (true, false) => "ESMTP",
-            (true, true) => "UTF8SMTP",
+        // RFC 3848: an S for TLS.
+        let protocol = match (helo.extended, tx.params.smtputf8, self.tls.is_some()) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, false, true) => "ESMTPS",
+            (true, true, false) => "UTF8SMTP",
+            (true, true, true) => "UTF8SMTPS",
         };
         self.outputs.push_back(Output::MessageStart(Envelope {
             reverse_path: tx.from,

@@ -17,7 +17,19 @@ fn config_with(max_recipients: usize) -> Arc<SessionConfig> {
         max_recipients,
         bare_newline: BareNewline::Normalize,
         local_domains: vec!["example.org".into()],
+        role: Role::Smtp,
+        starttls: false,
     })
+}
+
+/// A session of `role` with a certificate configured.
+fn tls_session(role: Role) -> Session {
+    let cfg = SessionConfig {
+        role,
+        starttls: true,
+        ..Arc::try_unwrap(config()).unwrap()
+    };
+    session_with(Arc::new(cfg), false)
 }
 
 fn session(may_relay: bool) -> Session {
@@ -26,7 +38,13 @@ fn session(may_relay: bool) -> Session {
 
 fn session_with(config: Arc<SessionConfig>, may_relay: bool) -> Session {
     let names: HashSet<String> = ["alice".to_string()].into();
-    Session::new(config, CLIENT.parse().unwrap(), may_relay, Arc::new(names))
+    Session::new(
+        config,
+        CLIENT.parse().unwrap(),
+        may_relay,
+        Arc::new(names),
+        None,
+    )
 }
 
 /// Everything a session produced: replies as wire text, committed messages, closed or not.
@@ -36,6 +54,8 @@ struct Transcript {
     messages: Vec<(Envelope, Vec<u8>)>,
     aborted: usize,
     closed: bool,
+    /// STARTTLS handshakes done (each "succeeds" at once).
+    tls_started: usize,
 }
 
 /// Feeds `input` in pieces of `chunk` bytes, committing every message as queued.
@@ -66,6 +86,10 @@ fn drive(session: &mut Session, input: &[u8], chunk: usize, t: &mut Transcript) 
                         t.aborted += 1;
                     }
                     Output::Close => t.closed = true,
+                    Output::StartTls => {
+                        t.tls_started += 1;
+                        session.handle_tls_started("TLSv1.3 with cipher TEST".into());
+                    }
                 }
             }
             if pos == piece.len() || (!committed && session.is_closed()) {
@@ -542,6 +566,7 @@ fn bare_newline_reject_mode_refuses_the_message() {
         CLIENT.parse().unwrap(),
         true,
         Arc::new(HashSet::new()),
+        None,
     );
     let t = run_with(
         s,
@@ -781,4 +806,91 @@ fn bdat_dialog_split_at_every_byte_gives_the_same_result() {
     let input = b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nBDAT 5\r\nab\r\ncBDAT 3 LAST\r\n\nd.QUIT\r\n";
     let whole = run_split_everywhere(input);
     assert_eq!(whole.messages[0].1, b"ab\r\nc\r\nd.\r\n");
+}
+
+/// Feeds each piece as one read of its own (what follows STARTTLS in one read is dropped).
+fn run_pieces(mut s: Session, pieces: &[&str]) -> Transcript {
+    let mut t = Transcript::default();
+    for piece in pieces {
+        drive(&mut s, piece.as_bytes(), piece.len(), &mut t);
+    }
+    t
+}
+
+#[test]
+fn starttls_is_offered_only_with_a_certificate_and_only_before_tls() {
+    let t = run("EHLO c\r\n");
+    assert!(!t.replies[1].contains("STARTTLS"));
+    let t = run_pieces(
+        tls_session(Role::Smtp),
+        &["EHLO c\r\nSTARTTLS\r\n", "EHLO c\r\n", "STARTTLS\r\n"],
+    );
+    assert!(
+        t.replies[1].contains("250 STARTTLS\r\n"),
+        "{}",
+        t.replies[1]
+    );
+    assert_eq!(codes(&t)[1], "220 2.0.0");
+    assert_eq!(t.tls_started, 1);
+    assert!(!t.replies[3].contains("STARTTLS"), "{}", t.replies[3]);
+    assert_eq!(codes(&t)[3], "503 5.5.1", "a second STARTTLS");
+    let t = run("EHLO c\r\nSTARTTLS\r\n");
+    assert_eq!(codes(&t)[1], "502 5.5.1", "no certificate, no STARTTLS");
+}
+
+#[test]
+fn commands_pipelined_behind_starttls_are_never_executed() {
+    // CVE-2011-0411: one write with STARTTLS and a MAIL behind it.
+    let t = run_pieces(
+        tls_session(Role::Smtp),
+        &[
+            "EHLO c\r\nSTARTTLS\r\nMAIL FROM:<x@y.example>\r\nRCPT TO:<alice@exa",
+            // After the handshake the session starts clean: no half line, no HELO.
+            "mple.org>\r\n",
+            "MAIL FROM:<a@b.example>\r\n",
+        ],
+    );
+    assert_eq!(
+        codes(&t),
+        ["250 STARTTLS", "220 2.0.0", "500 5.5.2", "503 5.5.1"]
+    );
+    assert_eq!(t.tls_started, 1);
+}
+
+#[test]
+fn starttls_needs_ehlo_and_no_transaction() {
+    let t = run_with(tls_session(Role::Smtp), b"STARTTLS\r\n");
+    assert_eq!(codes(&t), ["503 5.5.1"]);
+    let t = run_with(
+        tls_session(Role::Smtp),
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nSTARTTLS\r\n",
+    );
+    assert_eq!(codes(&t)[2], "503 5.5.1");
+    assert_eq!(t.tls_started, 0);
+}
+
+#[test]
+fn submission_wants_starttls_before_mail() {
+    let t = run_pieces(
+        tls_session(Role::Submission),
+        &[
+            "EHLO c\r\nMAIL FROM:<a@b.example>\r\nSTARTTLS\r\n",
+            "EHLO c\r\nMAIL FROM:<a@b.example>\r\n",
+        ],
+    );
+    assert_eq!(codes(&t)[1], "530 5.7.0");
+    assert_eq!(codes(&t)[2], "220 2.0.0");
+    assert_eq!(codes(&t)[4], "250 2.1.0");
+}
+
+#[test]
+fn mail_over_tls_is_esmtps() {
+    let t = run_pieces(
+        tls_session(Role::Smtp),
+        &[
+            "EHLO c\r\nSTARTTLS\r\n",
+            "EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nDATA\r\nx\r\n.\r\n",
+        ],
+    );
+    assert_eq!(t.messages[0].0.protocol, "ESMTPS");
 }
