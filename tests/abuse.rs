@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::thread;
 
-use common::{queue_id, split_received, wait_until, Client, Server};
+use common::{queue_id, split_received, wait_until, Client, Server, Tmpfs};
 
 #[test]
 fn line_of_100_kib_is_500_5_5_6_and_the_session_goes_on() {
@@ -207,24 +207,10 @@ fn unwritable_spool_is_451_and_nothing_is_acknowledged() {
 fn full_disk_is_451_and_leaves_no_debris() {
     let dir = common::TempDir::new("fulldisk");
     let spool = dir.0.join("spool");
-    fs::create_dir_all(&spool).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-        .arg(&spool)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
+    let Some(_tmpfs) = Tmpfs::mount(&spool, "256k") else {
         eprintln!("SKIPPED full_disk test: cannot mount a tmpfs (not root?)");
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(spool.clone());
+    };
     let mut server = Server::start_in(&dir.0, &[], None);
     let mut c = Client::hello(server.addr);
     c.start_data();

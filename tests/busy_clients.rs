@@ -112,13 +112,7 @@ fn ipv6_clients_have_a_limit_of_their_own() {
             "1",
         ],
     );
-    let v6: SocketAddr = server
-        .wait_for_log("listening on [::1]:")
-        .rsplit("listening on ")
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let v6 = server.ipv6_addr();
     let mut first = Client::connect(v6);
     first.expect("220 ");
     let mut second = Client::connect(v6);

@@ -236,13 +236,7 @@ fn new_local_user_is_known_without_restart() {
 #[test]
 fn listens_on_ipv4_and_ipv6_at_once() {
     let server = Server::start("dualstack", &["--listen", "127.0.0.1:0, [::1]:0"]);
-    let v6: std::net::SocketAddr = server
-        .wait_for_log("listening on [::1]:")
-        .rsplit("listening on ")
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let v6 = server.ipv6_addr();
     for addr in [server.addr, v6] {
         let mut c = Client::hello(addr);
         let reply = c.send_message(

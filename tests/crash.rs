@@ -4,14 +4,9 @@
 mod common;
 
 use std::fs;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::sync::Arc;
 
-use common::{queue_id, split_received, wait_until, Client, Server, TempDir};
-
-/// Queue id and content of every message that got a 250.
-type Acked = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+use common::{queue_id, split_received, wait_until, Client, Load, Server, TempDir};
 
 fn body(client: usize, n: usize) -> Vec<u8> {
     let mut b = format!("Subject: c{client} m{n}\r\n\r\n").into_bytes();
@@ -27,37 +22,15 @@ fn body(client: usize, n: usize) -> Vec<u8> {
 fn kill_9_loses_no_acknowledged_message() {
     let dir = Arc::new(TempDir::new("crash"));
     let mut server = Server::start_in(&dir.0, &[], Some(Arc::clone(&dir)));
-    let acked: Acked = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..20)
-        .map(|client| {
-            let (addr, acked, stop) = (server.addr, Arc::clone(&acked), Arc::clone(&stop));
-            thread::spawn(move || {
-                // Any I/O failure (the server died) ends this client; panics are caught.
-                let _ = std::panic::catch_unwind(move || {
-                    let mut c = Client::hello(addr);
-                    for n in 0.. {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let data = body(client, n);
-                        let reply =
-                            c.send_message("load@client.test", &["alice@example.test"], &data);
-                        acked.lock().unwrap().push((queue_id(&reply), data));
-                    }
-                });
-            })
-        })
-        .collect();
-    wait_until("200 acknowledged messages", || {
-        acked.lock().unwrap().len() >= 200
+    // Queue id and content of every message that got a 250.
+    let load = Load::start(server.addr, 20, |c, client, n| {
+        let data = body(client, n);
+        let reply = c.send_message("load@client.test", &["alice@example.test"], &data);
+        (queue_id(&reply), data)
     });
+    wait_until("200 acknowledged messages", || load.acked() >= 200);
     server.kill(); // SIGKILL, mid-traffic
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        let _ = c.join();
-    }
-    let acked = acked.lock().unwrap().clone();
+    let acked = load.stop();
 
     let restarted = Server::start_in(&dir.0, &[], Some(Arc::clone(&dir)));
     let started = restarted.wait_for_log("started as");

@@ -4,10 +4,10 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 use std::sync::Arc;
 
-use common::{maildir, queue_id, wait_until, Client, Server, TempDir};
+use common::delivery::{queue_test_message, wait_for_mail};
+use common::{flags, maildir, wait_until, Server, TempDir};
 
 const DELIVER: &[&str] = &[
     "--delivery-threads",
@@ -18,52 +18,22 @@ const DELIVER: &[&str] = &[
     "1s",
 ];
 
-fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    DELIVER
-        .iter()
-        .copied()
-        .chain(extra.iter().copied())
-        .collect()
-}
-
-/// The files in a Maildir's new/, read, oldest first.
-fn wait_for_mail(user_dir: &Path, count: usize) -> Vec<String> {
-    wait_until(
-        &format!("{count} message(s) in {}", user_dir.display()),
-        || maildir(user_dir).len() >= count,
-    );
-    maildir(user_dir)
-}
-
 /// Waits for the delivery log line of one recipient with the given status text.
 fn wait_for_status(server: &Server, id: &str, rcpt: &str, status: &str) {
-    let head = format!("{id}: to=<{rcpt}>, relay=local, delay=");
-    let tail = format!("status={status}");
-    wait_until(&format!("{head}... {tail}"), || {
-        server
-            .log_lines()
-            .iter()
-            .any(|l| l.contains(&head) && l.contains(&tail))
-    });
-}
-
-fn send(server: &Server, from: &str, to: &[&str], body: &str) -> String {
-    let mut c = Client::hello(server.addr);
-    queue_id(&c.send_message(
-        from,
-        to,
-        format!("Subject: test\r\n\r\n{body}\r\n").as_bytes(),
-    ))
+    server.wait_for_log_with(&[
+        &format!("{id}: to=<{rcpt}>, relay=local, delay="),
+        &format!("status={status}"),
+    ]);
 }
 
 #[test]
 fn local_user_gets_the_message_in_maildir_new_and_the_queue_empties() {
-    let server = Server::start("maildir", &args(&[]));
-    let id = send(
+    let server = Server::start("maildir", DELIVER);
+    let id = queue_test_message(
         &server,
         "ann@client.test",
         &["alice@example.test"],
-        "hello alice\r\n..dot",
+        b"hello alice\r\n..dot\r\n",
     );
     let mail = wait_for_mail(&server.mail.join("alice"), 1);
     let text = &mail[0];
@@ -91,14 +61,14 @@ fn aliases_reach_users_and_queue_remote_targets_on_the_same_message() {
     let aliases_arg = aliases.to_string_lossy().into_owned();
     let server = Server::start_in(
         &dir.0,
-        &args(&["--aliases", &aliases_arg]),
+        &flags(DELIVER, &["--aliases", &aliases_arg]),
         Some(Arc::clone(&dir)),
     );
-    let id = send(
+    let id = queue_test_message(
         &server,
         "ann@client.test",
         &["staff@example.test"],
-        "to the staff",
+        b"to the staff\r\n",
     );
     assert!(wait_for_mail(&server.mail.join("alice"), 1)[0].contains("to the staff"));
     assert!(wait_for_mail(&server.mail.join("bob"), 1)[0].contains("to the staff"));
@@ -154,15 +124,15 @@ fn a_recipient_gone_at_delivery_bounces_to_the_local_sender() {
     // Accept while carol exists, with delivery paused; remove her; then deliver.
     fs::create_dir_all(dir.0.join("mail/carol")).unwrap();
     let server = Server::start_in(&dir.0, &[], Some(Arc::clone(&dir)));
-    let id = send(
+    let id = queue_test_message(
         &server,
         "bob@example.test",
         &["carol@example.test", "alice@example.test"],
-        "for two",
+        b"for two\r\n",
     );
     drop(server);
     fs::remove_dir(dir.0.join("mail/carol")).unwrap();
-    let server = Server::start_in(&dir.0, &args(&[]), Some(Arc::clone(&dir)));
+    let server = Server::start_in(&dir.0, DELIVER, Some(Arc::clone(&dir)));
     assert_eq!(wait_for_mail(&server.mail.join("alice"), 1).len(), 1);
     let dsn = &wait_for_mail(&server.mail.join("bob"), 1)[0];
     check_dsn(dsn, "carol@example.test", "5.1.1");
@@ -178,10 +148,10 @@ fn a_failed_bounce_is_logged_and_dropped_with_no_notice() {
     let dir = Arc::new(TempDir::new("doublebounce"));
     fs::create_dir_all(dir.0.join("mail/carol")).unwrap();
     let server = Server::start_in(&dir.0, &[], Some(Arc::clone(&dir)));
-    let id = send(&server, "", &["carol@example.test"], "a bounce");
+    let id = queue_test_message(&server, "", &["carol@example.test"], b"a bounce\r\n");
     drop(server);
     fs::remove_dir(dir.0.join("mail/carol")).unwrap();
-    let server = Server::start_in(&dir.0, &args(&[]), Some(Arc::clone(&dir)));
+    let server = Server::start_in(&dir.0, DELIVER, Some(Arc::clone(&dir)));
     server.wait_for_log(&format!(
         "{id}: undeliverable mail from <> to <carol@example.test> dropped"
     ));
@@ -195,15 +165,15 @@ fn a_failed_bounce_is_logged_and_dropped_with_no_notice() {
 
 #[test]
 fn a_failing_maildir_is_retried_then_delivered_exactly_once() {
-    let server = Server::start("retry", &args(&[]));
+    let server = Server::start("retry", DELIVER);
     // new/ is a file: the Maildir cannot be written until it is fixed.
     let alice = server.mail.join("alice");
     fs::write(alice.join("new"), b"in the way").unwrap();
-    let id = send(
+    let id = queue_test_message(
         &server,
         "ann@client.test",
         &["alice@example.test"],
-        "try again",
+        b"try again\r\n",
     );
     wait_for_status(&server, &id, "alice@example.test", "deferred (451 4.3.0");
     wait_until("the deferral in the envelope", || {
@@ -224,15 +194,15 @@ fn mail_past_the_queue_lifetime_bounces_with_4_4_7() {
     fs::create_dir_all(dir.0.join("mail/bob")).unwrap();
     let server = Server::start_in(
         &dir.0,
-        &args(&["--max-queue-lifetime", "1s"]),
+        &flags(DELIVER, &["--max-queue-lifetime", "1s"]),
         Some(Arc::clone(&dir)),
     );
     fs::write(dir.0.join("mail/alice/new"), b"in the way").unwrap();
-    send(
+    queue_test_message(
         &server,
         "bob@example.test",
         &["alice@example.test"],
-        "too late",
+        b"too late\r\n",
     );
     let dsn = &wait_for_mail(&server.mail.join("bob"), 1)[0];
     check_dsn(dsn, "alice@example.test", "4.4.7");
@@ -243,11 +213,11 @@ fn mail_past_the_queue_lifetime_bounces_with_4_4_7() {
 fn queued_mail_is_delivered_after_a_restart_and_files_dropped_in_queue_are_found() {
     let dir = Arc::new(TempDir::new("persist"));
     let server = Server::start_in(&dir.0, &[], Some(Arc::clone(&dir)));
-    let id = send(
+    let id = queue_test_message(
         &server,
         "ann@client.test",
         &["alice@example.test"],
-        "queued before start",
+        b"queued before start\r\n",
     );
     drop(server);
     // Take the message out of the queue, and put it back while the new server runs.
@@ -261,12 +231,12 @@ fn queued_mail_is_delivered_after_a_restart_and_files_dropped_in_queue_are_found
         )
         .unwrap();
     }
-    let server = Server::start_in(&dir.0, &args(&[]), Some(Arc::clone(&dir)));
-    let second = send(
+    let server = Server::start_in(&dir.0, DELIVER, Some(Arc::clone(&dir)));
+    let second = queue_test_message(
         &server,
         "ann@client.test",
         &["alice@example.test"],
-        "queued while running",
+        b"queued while running\r\n",
     );
     assert_eq!(wait_for_mail(&server.mail.join("alice"), 1).len(), 1);
     for ext in ["msg", "env"] {
@@ -289,12 +259,17 @@ fn a_delay_warning_is_sent_once_and_the_mail_still_goes_through() {
     fs::create_dir_all(dir.0.join("mail/bob")).unwrap();
     let server = Server::start_in(
         &dir.0,
-        &args(&["--delay-warning-time", "1s"]),
+        &flags(DELIVER, &["--delay-warning-time", "1s"]),
         Some(Arc::clone(&dir)),
     );
     let alice = server.mail.join("alice");
     fs::write(alice.join("new"), b"in the way").unwrap();
-    let id = send(&server, "bob@example.test", &["alice@example.test"], "slow");
+    let id = queue_test_message(
+        &server,
+        "bob@example.test",
+        &["alice@example.test"],
+        b"slow\r\n",
+    );
     let warning = &wait_for_mail(&server.mail.join("bob"), 1)[0];
     assert!(
         warning.contains("Subject: Delayed Mail (still being retried)"),
@@ -322,9 +297,14 @@ fn a_delay_warning_is_sent_once_and_the_mail_still_goes_through() {
 
 #[test]
 fn a_user_directory_is_used_as_named_whatever_the_case_of_the_address() {
-    let server = Server::start("usercase", &args(&[]));
+    let server = Server::start("usercase", DELIVER);
     fs::create_dir(server.mail.join("Carol")).unwrap();
-    send(&server, "ann@client.test", &["CAROL@example.test"], "case");
+    queue_test_message(
+        &server,
+        "ann@client.test",
+        &["CAROL@example.test"],
+        b"case\r\n",
+    );
     assert_eq!(wait_for_mail(&server.mail.join("Carol"), 1).len(), 1);
     assert!(
         !server.mail.join("carol").exists(),

@@ -5,60 +5,10 @@ mod common;
 
 use std::fs;
 
+use common::delivery::{mx_sink, queue_test_message, sender, sender_with, wait_for_only_message};
 use common::dns::DnsServer;
 use common::sink::{tls_config, Sink};
-use common::{maildir, queue_id, wait_until, Client, Server};
-
-/// A sending server wired to `dns`, delivering to port `port` of whatever the MX records say.
-fn sender(name: &str, dns: &DnsServer, port: u16) -> Server {
-    sender_with(name, dns, port, &[])
-}
-
-fn sender_with(name: &str, dns: &DnsServer, port: u16, extra: &[&str]) -> Server {
-    let (dns, port) = (dns.addr.to_string(), port.to_string());
-    let mut args = vec![
-        "--delivery-threads",
-        "2",
-        "--retry-schedule",
-        "1s",
-        "--dns-server",
-        &dns,
-        "--smtp-port",
-        &port,
-        "--smtp-connect-timeout",
-        "2s",
-        "--smtp-command-timeout",
-        "5s",
-        "--smtp-data-timeout",
-        "5s",
-    ];
-    args.extend_from_slice(extra);
-    Server::start(name, &args)
-}
-
-fn send(server: &Server, from: &str, to: &[&str], body: &[u8]) -> String {
-    let mut data = b"Subject: test\r\n\r\n".to_vec();
-    data.extend_from_slice(body);
-    queue_id(&Client::hello(server.addr).send_message(from, to, &data))
-}
-
-fn wait_for_log_with(server: &Server, parts: &[&str]) -> String {
-    let mut found = String::new();
-    wait_until(&format!("a log line with {parts:?}"), || {
-        match server
-            .log_lines()
-            .into_iter()
-            .find(|l| parts.iter().all(|p| l.contains(p)))
-        {
-            Some(line) => {
-                found = line;
-                true
-            }
-            None => false,
-        }
-    });
-    found
-}
+use common::{maildir, wait_until, Server};
 
 #[test]
 fn mx_preference_with_fallback_to_the_next_mx() {
@@ -73,14 +23,11 @@ fn mx_preference_with_fallback_to_the_next_mx() {
     dns.a("mx2.pref.test", "127.0.0.3");
     dns.a("mx3.pref.test", "127.0.0.5");
     let server = sender("mxpref", &dns, port);
-    let id = send(&server, "ann@client.test", &["bob@pref.test"], b"hello\r\n");
-    wait_for_log_with(
-        &server,
-        &[
-            &format!("{id}: to=<bob@pref.test>, relay=mx2.pref.test[127.0.0.3]:{port}"),
-            "status=sent (250 2.0.0 accepted",
-        ],
-    );
+    let id = queue_test_message(&server, "ann@client.test", &["bob@pref.test"], b"hello\r\n");
+    server.wait_for_log_with(&[
+        &format!("{id}: to=<bob@pref.test>, relay=mx2.pref.test[127.0.0.3]:{port}"),
+        "status=sent (250 2.0.0 accepted",
+    ]);
     server.wait_for_log(&format!(
         "pref.test: mx1.pref.test[127.0.0.2]:{port} not used"
     ));
@@ -103,7 +50,7 @@ fn a_domain_without_mx_gets_mail_at_its_address() {
     let sink = Sink::start("127.0.0.3:0");
     dns.a("plain.test", "127.0.0.3");
     let server = sender("implicit", &dns, sink.addr.port());
-    send(
+    queue_test_message(
         &server,
         "ann@client.test",
         &["carol@plain.test"],
@@ -118,13 +65,13 @@ fn null_mx_and_nxdomain_bounce_to_the_local_sender() {
     let dns = DnsServer::start();
     dns.null_mx("nomail.test");
     let server = sender("nullmx", &dns, 2525);
-    send(
+    queue_test_message(
         &server,
         "alice@example.test",
         &["x@nomail.test"],
         b"one\r\n",
     );
-    send(
+    queue_test_message(
         &server,
         "alice@example.test",
         &["y@nowhere.test"],
@@ -151,14 +98,11 @@ fn servfail_defers_and_keeps_the_mail() {
     let dns = DnsServer::start();
     dns.servfail("broken.test");
     let server = sender("servfail", &dns, 2525);
-    let id = send(&server, "ann@client.test", &["z@broken.test"], b"later\r\n");
-    wait_for_log_with(
-        &server,
-        &[
-            &format!("{id}: to=<z@broken.test>, relay=none"),
-            "status=deferred (451 4.4.3",
-        ],
-    );
+    let id = queue_test_message(&server, "ann@client.test", &["z@broken.test"], b"later\r\n");
+    server.wait_for_log_with(&[
+        &format!("{id}: to=<z@broken.test>, relay=none"),
+        "status=deferred (451 4.4.3",
+    ]);
     let env = server.queued_envelope(&id);
     assert!(
         env.contains("Rcpt: <z@broken.test>\nStatus: pending\n"),
@@ -175,23 +119,17 @@ fn a_temporary_refusal_is_retried_and_delivered_once() {
             .push_back("451 4.3.0 try again later".into())
     });
     let server = sender("tempfail", &dns, sink.addr.port());
-    let id = send(
+    let id = queue_test_message(
         &server,
         "ann@client.test",
         &["d@retry.test"],
         b"retry me\r\n",
     );
-    wait_for_log_with(
-        &server,
-        &[
-            &format!("{id}: to=<d@retry.test>"),
-            "status=deferred (451 4.3.0 try again later (in reply to end of DATA))",
-        ],
-    );
-    wait_for_log_with(
-        &server,
-        &[&format!("{id}: to=<d@retry.test>"), "status=sent"],
-    );
+    server.wait_for_log_with(&[
+        &format!("{id}: to=<d@retry.test>"),
+        "status=deferred (451 4.3.0 try again later (in reply to end of DATA))",
+    ]);
+    server.wait_for_log_with(&[&format!("{id}: to=<d@retry.test>"), "status=sent"]);
     wait_until("the queue to empty", || server.queue_files("").is_empty());
     assert_eq!(sink.messages().len(), 1);
 }
@@ -207,18 +145,13 @@ fn one_recipient_of_three_refused_the_others_delivered_once_and_a_dsn_for_it() {
         );
     });
     let server = sender("partial", &dns, sink.addr.port());
-    send(
+    queue_test_message(
         &server,
         "alice@example.test",
         &["one@multi.test", "two@multi.test", "three@multi.test"],
         b"three\r\n",
     );
-    let dsn = {
-        wait_until("the bounce", || {
-            maildir(&server.mail.join("alice")).len() == 1
-        });
-        maildir(&server.mail.join("alice")).remove(0)
-    };
+    let dsn = wait_for_only_message(&server.mail.join("alice"));
     assert!(
         dsn.contains("Final-Recipient: rfc822; two@multi.test\nAction: failed\nStatus: 5.1.1\n"),
         "{dsn}"
@@ -236,23 +169,17 @@ fn connection_dropped_mid_data_is_retried_and_delivered_exactly_once() {
     let sink = mx_sink(&dns, "drop.test");
     sink.set(|b| b.drop_in_data = 1);
     let server = sender("dropdata", &dns, sink.addr.port());
-    let id = send(
+    let id = queue_test_message(
         &server,
         "ann@client.test",
         &["e@drop.test"],
         b"line one\r\nline two\r\nline three\r\n",
     );
-    wait_for_log_with(
-        &server,
-        &[
-            &format!("{id}: to=<e@drop.test>"),
-            "status=deferred (451 4.4.2 lost connection",
-        ],
-    );
-    wait_for_log_with(
-        &server,
-        &[&format!("{id}: to=<e@drop.test>"), "status=sent"],
-    );
+    server.wait_for_log_with(&[
+        &format!("{id}: to=<e@drop.test>"),
+        "status=deferred (451 4.4.2 lost connection",
+    ]);
+    server.wait_for_log_with(&[&format!("{id}: to=<e@drop.test>"), "status=sent"]);
     wait_until("the queue to empty", || server.queue_files("").is_empty());
     assert_eq!(sink.messages().len(), 1);
     assert!(*sink.connections.lock().unwrap() >= 2);
@@ -275,7 +202,7 @@ fn outbound_bytes_are_exactly_what_was_queued_with_crlf_only() {
         }
         stuffed.extend_from_slice(line);
     }
-    let id = send(&server, "ann@client.test", &["f@bytes.test"], &stuffed);
+    let id = queue_test_message(&server, "ann@client.test", &["f@bytes.test"], &stuffed);
     wait_until("delivery", || sink.messages().len() == 1);
     let got = &sink.messages()[0];
     // The message arrives as queued: our Received: header, then the client's bytes.
@@ -323,33 +250,19 @@ fn a_second_postilion_as_the_mx_puts_mail_in_its_maildir() {
     dns.mx("remote.test", 10, "mx.remote.test");
     dns.a("mx.remote.test", "127.0.0.4");
     let server = sender("tosecond", &dns, receiver.addr.port());
-    let id = send(
+    let id = queue_test_message(
         &server,
         "ann@client.test",
         &["bob@remote.test"],
         b"between two postilions\r\n",
     );
-    wait_until("delivery into the receiver's Maildir", || {
-        maildir(&receiver.mail.join("bob")).len() == 1
-    });
-    let text = maildir(&receiver.mail.join("bob")).remove(0);
+    let text = wait_for_only_message(&receiver.mail.join("bob"));
     assert!(text.starts_with("Return-Path: <ann@client.test>\nDelivered-To: bob@remote.test\nReceived: from mx.test ([127.0.0.1])"), "{text}");
     assert!(text.contains(&format!("id {id}")) && text.ends_with("between two postilions\n"));
-    wait_for_log_with(
-        &server,
-        &[
-            &format!("{id}: to=<bob@remote.test>, relay=mx.remote.test[127.0.0.4]"),
-            "status=sent (250 2.0.0 Ok: queued as",
-        ],
-    );
-}
-
-/// A sink at 127.0.0.3 that is the MX of `domain`.
-fn mx_sink(dns: &DnsServer, domain: &str) -> Sink {
-    let sink = Sink::start("127.0.0.3:0");
-    dns.mx(domain, 10, &format!("mx.{domain}"));
-    dns.a(&format!("mx.{domain}"), "127.0.0.3");
-    sink
+    server.wait_for_log_with(&[
+        &format!("{id}: to=<bob@remote.test>, relay=mx.remote.test[127.0.0.4]"),
+        "status=sent (250 2.0.0 Ok: queued as",
+    ]);
 }
 
 #[test]
@@ -358,15 +271,12 @@ fn starttls_is_used_whenever_offered() {
     let sink = mx_sink(&dns, "tls.test");
     sink.set(|b| b.starttls = Some(tls_config("mx.tls.test")));
     let server = sender("starttls", &dns, sink.addr.port());
-    let id = send(&server, "ann@client.test", &["g@tls.test"], b"secret\r\n");
-    wait_for_log_with(
-        &server,
-        &[
-            &format!("{id}: to=<g@tls.test>, relay=mx.tls.test[127.0.0.3]"),
-            "tls=yes",
-            "status=sent",
-        ],
-    );
+    let id = queue_test_message(&server, "ann@client.test", &["g@tls.test"], b"secret\r\n");
+    server.wait_for_log_with(&[
+        &format!("{id}: to=<g@tls.test>, relay=mx.tls.test[127.0.0.3]"),
+        "tls=yes",
+        "status=sent",
+    ]);
     let got = sink.messages();
     assert_eq!(got.len(), 1);
     assert!(got[0].tls, "the message did not come over TLS");
@@ -383,20 +293,17 @@ fn encrypt_mode_refuses_a_receiver_without_starttls() {
         sink.addr.port(),
         &["--smtp-tls", "encrypt"],
     );
-    let id = send(
+    let id = queue_test_message(
         &server,
         "ann@client.test",
         &["h@plaintext.test"],
         b"not in clear\r\n",
     );
-    wait_for_log_with(
-        &server,
-        &[
-            &format!("{id}: to=<h@plaintext.test>"),
-            "status=deferred",
-            "does not offer STARTTLS",
-        ],
-    );
+    server.wait_for_log_with(&[
+        &format!("{id}: to=<h@plaintext.test>"),
+        "status=deferred",
+        "does not offer STARTTLS",
+    ]);
     assert!(sink.messages().is_empty());
     // Once the receiver offers STARTTLS, the retry goes through, encrypted.
     sink.set(|b| b.starttls = Some(tls_config("mx.plaintext.test")));
@@ -410,16 +317,14 @@ fn verify_mode_refuses_a_self_signed_certificate() {
     let sink = mx_sink(&dns, "selfsigned.test");
     sink.set(|b| b.starttls = Some(tls_config("mx.selfsigned.test")));
     let server = sender_with("verify", &dns, sink.addr.port(), &["--smtp-tls", "verify"]);
-    let id = send(
+    let id = queue_test_message(
         &server,
         "ann@client.test",
         &["i@selfsigned.test"],
         b"checked\r\n",
     );
-    let line = wait_for_log_with(
-        &server,
-        &[&format!("{id}: to=<i@selfsigned.test>"), "status=deferred"],
-    );
+    let line =
+        server.wait_for_log_with(&[&format!("{id}: to=<i@selfsigned.test>"), "status=deferred"]);
     assert!(line.contains("TLS with 127.0.0.3"), "{line}");
     assert!(sink.messages().is_empty());
 }
@@ -462,11 +367,9 @@ fn a_password_goes_only_to_a_smarthost_whose_certificate_checks_out() {
     sink.set(|b| b.starttls = Some(tls_config("smarthost.test")));
     let relayhost = sink.addr.to_string();
     let (server, _secrets) = smarthost_sender_with("verifyrelay", &relayhost, "s3cret:pw", &[]);
-    let id = send(&server, "ann@client.test", &["n@anywhere.test"], b"x\r\n");
-    let line = wait_for_log_with(
-        &server,
-        &[&format!("{id}: to=<n@anywhere.test>"), "status=deferred"],
-    );
+    let id = queue_test_message(&server, "ann@client.test", &["n@anywhere.test"], b"x\r\n");
+    let line =
+        server.wait_for_log_with(&[&format!("{id}: to=<n@anywhere.test>"), "status=deferred"]);
     assert!(
         line.contains("TLS with") && line.contains("failed"),
         "{line}"
@@ -493,7 +396,7 @@ fn smarthost_with_auth_over_starttls() {
     sink.set(|b| b.starttls = Some(tls_config("smarthost.test")));
     let relayhost = sink.addr.to_string();
     let (server, _secrets) = smarthost_sender("smarthost", &relayhost, "s3cret:pw");
-    let id = send(
+    let id = queue_test_message(
         &server,
         "ann@client.test",
         &["j@anywhere.test", "k@elsewhere.test"],
@@ -506,14 +409,11 @@ fn smarthost_with_auth_over_starttls() {
             "{got:?}"
         );
     }
-    wait_for_log_with(
-        &server,
-        &[
-            &format!("{id}: to=<j@anywhere.test>, relay=127.0.0.3[127.0.0.3]:"),
-            "tls=yes",
-            "status=sent",
-        ],
-    );
+    server.wait_for_log_with(&[
+        &format!("{id}: to=<j@anywhere.test>, relay=127.0.0.3[127.0.0.3]:"),
+        "tls=yes",
+        "status=sent",
+    ]);
     assert!(
         !server.log_lines().iter().any(|l| l.contains("s3cret")),
         "the password must never be logged"
@@ -531,7 +431,7 @@ fn smarthost_on_port_465_speaks_tls_from_the_start() {
     let sink = auth_sink("127.0.0.6:465");
     sink.set(|b| b.implicit_tls = Some(tls_config("smarthost.test")));
     let (server, _secrets) = smarthost_sender("smarthost465", "127.0.0.6:465", "s3cret:pw");
-    send(
+    queue_test_message(
         &server,
         "ann@client.test",
         &["l@anywhere.test"],
@@ -546,30 +446,24 @@ fn credentials_never_go_over_plaintext_and_a_wrong_password_defers() {
     let sink = auth_sink("127.0.0.3:0");
     let relayhost = sink.addr.to_string();
     let (server, _secrets) = smarthost_sender("noauthplain", &relayhost, "s3cret:pw");
-    let id = send(&server, "ann@client.test", &["m@anywhere.test"], b"x\r\n");
-    wait_for_log_with(
-        &server,
-        &[
-            &format!("{id}: to=<m@anywhere.test>"),
-            "status=deferred",
-            "does not offer STARTTLS",
-        ],
-    );
+    let id = queue_test_message(&server, "ann@client.test", &["m@anywhere.test"], b"x\r\n");
+    server.wait_for_log_with(&[
+        &format!("{id}: to=<m@anywhere.test>"),
+        "status=deferred",
+        "does not offer STARTTLS",
+    ]);
     assert!(sink.messages().is_empty());
 
     let sink = auth_sink("127.0.0.3:0");
     sink.set(|b| b.starttls = Some(tls_config("smarthost.test")));
     let relayhost = sink.addr.to_string();
     let (server, _secrets) = smarthost_sender("badpassword", &relayhost, "wrong");
-    let id = send(&server, "ann@client.test", &["n@anywhere.test"], b"x\r\n");
-    wait_for_log_with(
-        &server,
-        &[
-            &format!("{id}: to=<n@anywhere.test>"),
-            "status=deferred",
-            "authentication as relay-user failed: 535",
-        ],
-    );
+    let id = queue_test_message(&server, "ann@client.test", &["n@anywhere.test"], b"x\r\n");
+    server.wait_for_log_with(&[
+        &format!("{id}: to=<n@anywhere.test>"),
+        "status=deferred",
+        "authentication as relay-user failed: 535",
+    ]);
     assert!(sink.messages().is_empty());
 }
 
@@ -593,7 +487,7 @@ fn killed_while_delivering_then_restarted_sends_nothing_twice_and_loses_nothing(
         "60s",
     ];
     let mut server = Server::start_in(&dir.0, &args, Some(std::sync::Arc::clone(&dir)));
-    let id = send(
+    let id = queue_test_message(
         &server,
         "ann@client.test",
         &["alice@example.test", "o@slow.test"],
@@ -631,7 +525,7 @@ fn an_expired_bounce_is_dropped_and_never_bounced() {
     let dns = DnsServer::start();
     dns.servfail("down.test");
     let server = sender_with("expirebounce", &dns, 2525, &["--max-queue-lifetime", "1s"]);
-    let id = send(
+    let id = queue_test_message(
         &server,
         "",
         &["p@down.test"],
@@ -642,10 +536,8 @@ fn an_expired_bounce_is_dropped_and_never_bounced() {
     ));
     wait_until("the queue to empty", || server.queue_files("").is_empty());
     let attempts = server
-        .log_lines()
-        .iter()
-        .filter(|l| l.contains(&format!("{id}: to=<p@down.test>")))
-        .count();
+        .log_lines_with(&[&format!("{id}: to=<p@down.test>")])
+        .len();
     assert_eq!(attempts, 3, "expiry needs three attempts, not one");
     assert!(maildir(&server.mail.join("postmaster")).is_empty());
     assert!(!server.log_lines().iter().any(|l| l.contains("to=<>")));

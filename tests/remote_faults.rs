@@ -12,86 +12,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::delivery::{
+    add_mx, mx_sink, queue_test_message, sender, sender_args, sender_with, wait_for_only_message,
+};
 use common::dns::DnsServer;
 use common::sink::{Gate, Sink};
-use common::{maildir, queue_id, wait_until, Client, Server, TempDir};
-
-/// The flags of a sending server wired to `dns`, delivering to port `port` of the MX hosts.
-fn sender_args(dns: &DnsServer, port: u16, extra: &[&str]) -> Vec<String> {
-    let base = [
-        "--delivery-threads",
-        "2",
-        "--retry-schedule",
-        "1s",
-        "--dns-server",
-        &dns.addr.to_string(),
-        "--smtp-port",
-        &port.to_string(),
-        "--smtp-connect-timeout",
-        "2s",
-        "--smtp-command-timeout",
-        "5s",
-        "--smtp-data-timeout",
-        "5s",
-    ];
-    // A flag in `extra` replaces the one here (flags come in `--name value` pairs).
-    base.chunks(2)
-        .filter(|pair| !extra.contains(&pair[0]))
-        .flatten()
-        .map(|s| s.to_string())
-        .chain(extra.iter().map(|s| s.to_string()))
-        .collect()
-}
-
-fn sender_with(name: &str, dns: &DnsServer, port: u16, extra: &[&str]) -> Server {
-    let args = sender_args(dns, port, extra);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Server::start(name, &args)
-}
-
-fn sender(name: &str, dns: &DnsServer, port: u16) -> Server {
-    sender_with(name, dns, port, &[])
-}
-
-fn send(server: &Server, from: &str, to: &[&str], body: &[u8]) -> String {
-    let mut data = b"Subject: test\r\n\r\n".to_vec();
-    data.extend_from_slice(body);
-    queue_id(&Client::hello(server.addr).send_message(from, to, &data))
-}
-
-fn wait_for_log_with(server: &Server, parts: &[&str]) -> String {
-    let mut found = String::new();
-    wait_until(&format!("a log line with {parts:?}"), || {
-        match server
-            .log_lines()
-            .into_iter()
-            .find(|l| parts.iter().all(|p| l.contains(p)))
-        {
-            Some(line) => {
-                found = line;
-                true
-            }
-            None => false,
-        }
-    });
-    found
-}
-
-fn log_lines_with(server: &Server, parts: &[&str]) -> Vec<String> {
-    server
-        .log_lines()
-        .into_iter()
-        .filter(|l| parts.iter().all(|p| l.contains(p)))
-        .collect()
-}
-
-/// A sink at 127.0.0.3 that is the MX of `domain`.
-fn mx_sink(dns: &DnsServer, domain: &str) -> Sink {
-    let sink = Sink::start("127.0.0.3:0");
-    dns.mx(domain, 10, &format!("mx.{domain}"));
-    dns.a(&format!("mx.{domain}"), "127.0.0.3");
-    sink
-}
+use common::{wait_until, Server, TempDir};
 
 /// Two sinks on one port: `mx1.DOMAIN` (preference 10) at 127.0.0.2, `mx2.DOMAIN` (20) at
 /// 127.0.0.3. Returns them in that order.
@@ -131,8 +57,7 @@ fn trickling_mx(dns: &DnsServer, domain: &str) -> u16 {
             });
         }
     });
-    dns.mx(domain, 10, &format!("mx.{domain}"));
-    dns.a(&format!("mx.{domain}"), "127.0.0.3");
+    add_mx(dns, domain);
     port
 }
 
@@ -142,16 +67,14 @@ fn a_server_trickling_its_greeting_is_given_up_on_at_the_reply_deadline() {
     let port = trickling_mx(&dns, "trickle.test");
     let server = sender_with("trickle", &dns, port, &["--smtp-command-timeout", "1s"]);
     let start = Instant::now();
-    let id = send(
+    let id = queue_test_message(
         &server,
         "ann@client.test",
         &["t@trickle.test"],
         b"slowly\r\n",
     );
-    let line = wait_for_log_with(
-        &server,
-        &[&format!("{id}: to=<t@trickle.test>"), "status=deferred"],
-    );
+    let line =
+        server.wait_for_log_with(&[&format!("{id}: to=<t@trickle.test>"), "status=deferred"]);
     let took = start.elapsed();
     // One reply may take 1 s, however many bytes come in time for each read.
     assert!(took < Duration::from_secs(5), "gave up only after {took:?}");
@@ -173,19 +96,16 @@ fn a_421_at_ehlo_moves_on_to_the_next_mx() {
     busy.set(|b| b.ehlo_refusal = Some("421 4.3.2 busy".into()));
     let port = good.addr.port();
     let server = sender("busyehlo", &dns, port);
-    let id = send(
+    let id = queue_test_message(
         &server,
         "ann@client.test",
         &["u@busy.test"],
         b"next one\r\n",
     );
-    wait_for_log_with(
-        &server,
-        &[
-            &format!("{id}: to=<u@busy.test>, relay=mx2.busy.test[127.0.0.3]:{port}"),
-            "status=sent",
-        ],
-    );
+    server.wait_for_log_with(&[
+        &format!("{id}: to=<u@busy.test>, relay=mx2.busy.test[127.0.0.3]:{port}"),
+        "status=sent",
+    ]);
     // 421 closes the channel (RFC 5321 3.8): no HELO after it, the next MX straight away.
     server.wait_for_log(&format!(
         "busy.test: mx1.busy.test[127.0.0.2]:{port} not used: EHLO: 421 4.3.2 busy"
@@ -194,7 +114,7 @@ fn a_421_at_ehlo_moves_on_to_the_next_mx() {
     assert!(busy.messages().is_empty());
     assert_eq!(good.messages().len(), 1);
     assert_eq!(good.messages()[0].rcpts, ["u@busy.test"]);
-    assert!(log_lines_with(&server, &[&id, "status=deferred"]).is_empty());
+    assert!(server.log_lines_with(&[&id, "status=deferred"]).is_empty());
     wait_until("the queue to empty", || server.queue_files("").is_empty());
 }
 
@@ -205,19 +125,16 @@ fn a_hang_up_at_ehlo_moves_on_to_the_next_mx() {
     dropper.set(|b| b.drop_at_ehlo = true);
     let port = good.addr.port();
     let server = sender("dropehlo", &dns, port);
-    let id = send(
+    let id = queue_test_message(
         &server,
         "ann@client.test",
         &["v@hangup.test"],
         b"next one\r\n",
     );
-    wait_for_log_with(
-        &server,
-        &[
-            &format!("{id}: to=<v@hangup.test>, relay=mx2.hangup.test[127.0.0.3]:{port}"),
-            "status=sent",
-        ],
-    );
+    server.wait_for_log_with(&[
+        &format!("{id}: to=<v@hangup.test>, relay=mx2.hangup.test[127.0.0.3]:{port}"),
+        "status=sent",
+    ]);
     server.wait_for_log(&format!(
         "hangup.test: mx1.hangup.test[127.0.0.2]:{port} not used"
     ));
@@ -227,7 +144,7 @@ fn a_hang_up_at_ehlo_moves_on_to_the_next_mx() {
     );
     assert!(dropper.messages().is_empty());
     assert_eq!(good.messages().len(), 1);
-    assert!(log_lines_with(&server, &[&id, "status=deferred"]).is_empty());
+    assert!(server.log_lines_with(&[&id, "status=deferred"]).is_empty());
     wait_until("the queue to empty", || server.queue_files("").is_empty());
 }
 
@@ -241,18 +158,15 @@ fn a_3xx_at_end_of_data_defers_and_the_retry_delivers_once() {
         b.final_gate = Some(Arc::clone(&first));
     });
     let server = sender("odd3xx", &dns, sink.addr.port());
-    let id = send(&server, "ann@client.test", &["w@odd.test"], b"final?\r\n");
+    let id = queue_test_message(&server, "ann@client.test", &["w@odd.test"], b"final?\r\n");
     // Hold the retry at its final dot, so the envelope between the attempts can be read.
     wait_until("the first attempt's final dot", || first.arrived() == 1);
     sink.set(|b| b.final_gate = Some(Arc::clone(&second)));
     first.open();
-    wait_for_log_with(
-        &server,
-        &[
-            &format!("{id}: to=<w@odd.test>"),
-            "status=deferred (354 odd (in reply to end of DATA))",
-        ],
-    );
+    server.wait_for_log_with(&[
+        &format!("{id}: to=<w@odd.test>"),
+        "status=deferred (354 odd (in reply to end of DATA))",
+    ]);
     let env_path = server.spool.join(format!("queue/{id}.env"));
     let mut env = String::new();
     wait_until("the deferral recorded in the envelope", || {
@@ -269,7 +183,9 @@ fn a_3xx_at_end_of_data_defers_and_the_retry_delivers_once() {
     wait_until("the queue to empty", || server.queue_files("").is_empty());
     assert_eq!(sink.messages().len(), 1);
     assert_eq!(
-        log_lines_with(&server, &[&format!("{id}: to=<w@odd.test>"), "status=sent"]).len(),
+        server
+            .log_lines_with(&[&format!("{id}: to=<w@odd.test>"), "status=sent"])
+            .len(),
         1
     );
 }
@@ -281,7 +197,7 @@ fn outcomes_are_recorded_before_quit() {
     let gate = Gate::new();
     sink.set(|b| b.quit_gate = Some(Arc::clone(&gate)));
     let server = sender("quitlate", &dns, sink.addr.port());
-    let id = send(
+    let id = queue_test_message(
         &server,
         "ann@client.test",
         &["q@quit.test"],
@@ -320,7 +236,7 @@ fn a_huge_hostile_refusal_becomes_one_clean_line_in_the_dsn_envelope_and_log() {
     let args = sender_args(&dns, sink.addr.port(), &["--local-domains", "example.test"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let server = Server::start_in(&dir.0, &args, Some(Arc::clone(&dir)));
-    let id = send(
+    let id = queue_test_message(
         &server,
         "bob@example.test",
         &["x@far.test", "y@later.test"],
@@ -328,8 +244,7 @@ fn a_huge_hostile_refusal_becomes_one_clean_line_in_the_dsn_envelope_and_log() {
     );
 
     let bob = server.mail.join("bob");
-    wait_until("the DSN", || maildir(&bob).len() == 1);
-    let dsn = maildir(&bob).remove(0);
+    let dsn = wait_for_only_message(&bob);
     assert!(
         dsn.contains("Final-Recipient: rfc822; x@far.test\nAction: failed\nStatus: 5.1.1\n"),
         "{dsn}"
@@ -349,13 +264,10 @@ fn a_huge_hostile_refusal_becomes_one_clean_line_in_the_dsn_envelope_and_log() {
         "a long line in the DSN"
     );
 
-    let line = wait_for_log_with(
-        &server,
-        &[
-            &format!("{id}: to=<x@far.test>"),
-            "status=bounced (550 5.1.1",
-        ],
-    );
+    let line = server.wait_for_log_with(&[
+        &format!("{id}: to=<x@far.test>"),
+        "status=bounced (550 5.1.1",
+    ]);
     assert!(line.len() < 1000, "log line of {} characters", line.len());
     assert!(!line.contains(['\0', '\r']), "{line:?}");
     assert!(server.log_lines().iter().all(|l| l.len() < 2000));
@@ -396,11 +308,9 @@ fn all_tries_for_a_domain_end_at_the_transaction_deadline() {
         ],
     );
     let start = Instant::now();
-    let id = send(&server, "ann@client.test", &["s@slowest.test"], b"x\r\n");
-    let line = wait_for_log_with(
-        &server,
-        &[&format!("{id}: to=<s@slowest.test>"), "status=deferred"],
-    );
+    let id = queue_test_message(&server, "ann@client.test", &["s@slowest.test"], b"x\r\n");
+    let line =
+        server.wait_for_log_with(&[&format!("{id}: to=<s@slowest.test>"), "status=deferred"]);
     let took = start.elapsed();
     assert!(took < Duration::from_secs(6), "gave up only after {took:?}");
     assert!(line.contains("took too long"), "{line}");
@@ -421,31 +331,22 @@ fn a_552_to_rcpt_is_temporary_and_a_huge_reply_line_does_not_shift_the_others() 
         );
     });
     let server = sender("old552", &dns, sink.addr.port());
-    let id = send(
+    let id = queue_test_message(
         &server,
         "ann@client.test",
         &["many@old.test", "long@old.test", "fine@old.test"],
         b"x\r\n",
     );
-    wait_for_log_with(
-        &server,
-        &[&format!("{id}: to=<fine@old.test>"), "status=sent"],
-    );
-    wait_for_log_with(
-        &server,
-        &[
-            &format!("{id}: to=<long@old.test>"),
-            "dsn=5.1.1",
-            "status=bounced",
-        ],
-    );
-    wait_for_log_with(
-        &server,
-        &[
-            &format!("{id}: to=<many@old.test>"),
-            "dsn=4.5.3",
-            "status=deferred",
-        ],
-    );
+    server.wait_for_log_with(&[&format!("{id}: to=<fine@old.test>"), "status=sent"]);
+    server.wait_for_log_with(&[
+        &format!("{id}: to=<long@old.test>"),
+        "dsn=5.1.1",
+        "status=bounced",
+    ]);
+    server.wait_for_log_with(&[
+        &format!("{id}: to=<many@old.test>"),
+        "dsn=4.5.3",
+        "status=deferred",
+    ]);
     assert_eq!(sink.messages()[0].rcpts, ["fine@old.test"]);
 }

@@ -3,18 +3,20 @@
 //! observable condition under a deadline. A failed test's directory is kept for a look.
 #![allow(dead_code)]
 
+pub mod delivery;
 pub mod dns;
 pub mod sink;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_postilion");
@@ -95,6 +97,12 @@ pub fn base_args(dir: &Path) -> Vec<String> {
     .collect()
 }
 
+/// The flags `base` followed by the flags `extra`: a test file's standard set plus one
+/// test's own.
+pub fn flags<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    base.iter().chain(extra).copied().collect()
+}
+
 impl Server {
     /// Starts a server in a new temp dir with `base_args` plus `extra`.
     pub fn start(name: &str, extra: &[&str]) -> Server {
@@ -170,6 +178,35 @@ impl Server {
             found.is_some()
         });
         found.unwrap()
+    }
+
+    /// The log lines that contain every one of `parts`.
+    pub fn log_lines_with(&self, parts: &[&str]) -> Vec<String> {
+        self.log_lines()
+            .into_iter()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .collect()
+    }
+
+    /// Waits for a log line that contains every one of `parts`, and returns it.
+    pub fn wait_for_log_with(&self, parts: &[&str]) -> String {
+        let mut found = None;
+        wait_until(&format!("a log line with {parts:?}"), || {
+            found = self.log_lines_with(parts).into_iter().next();
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// The address the server listens on at `[::1]` (for a `--listen` that names `[::1]:0`),
+    /// once its log says so.
+    pub fn ipv6_addr(&self) -> SocketAddr {
+        self.wait_for_log("listening on [::1]:")
+            .rsplit("listening on ")
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     pub fn connect(&self) -> Client {
@@ -330,6 +367,98 @@ impl Client {
         self.send(data);
         self.send(b".\r\n");
         self.reply()
+    }
+}
+
+/// Sends `data` as one message (from `from` to `to`) in a new session after EHLO, and returns
+/// its queue id; panics unless the message is queued.
+pub fn queue_message(server: &Server, from: &str, to: &[&str], data: &[u8]) -> String {
+    queue_id(&Client::hello(server.addr).send_message(from, to, data))
+}
+
+/// Clients under load: each sends message after message in one session until stopped, and
+/// what each message acknowledged with a 250 stands for is kept. Any failure (the server was
+/// killed under it) ends a client quietly.
+pub struct Load<T> {
+    acked: Arc<Mutex<Vec<T>>>,
+    stop: Arc<AtomicBool>,
+    clients: Vec<JoinHandle<()>>,
+}
+
+impl<T: Send + 'static> Load<T> {
+    /// Starts `clients` sessions to `addr` (greeting and EHLO done). Session `client` calls
+    /// `send(&mut session, client, n)` for n = 0, 1, 2, ... until stopped; `send` sends message
+    /// `n`, checks that it was queued, and returns what to keep for it.
+    pub fn start<F>(addr: SocketAddr, clients: usize, send: F) -> Load<T>
+    where
+        F: Fn(&mut Client, usize, usize) -> T + Send + Sync + 'static,
+    {
+        let acked: Arc<Mutex<Vec<T>>> = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let send = Arc::new(send);
+        let clients = (0..clients)
+            .map(|client| {
+                let (acked, stop, send) =
+                    (Arc::clone(&acked), Arc::clone(&stop), Arc::clone(&send));
+                thread::spawn(move || {
+                    // The server dies under it: any failure ends this client; panics are caught.
+                    let _ = panic::catch_unwind(AssertUnwindSafe(move || {
+                        let mut c = Client::hello(addr);
+                        for n in 0.. {
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            let kept = send(&mut c, client, n);
+                            acked.lock().unwrap().push(kept);
+                        }
+                    }));
+                })
+            })
+            .collect();
+        Load {
+            acked,
+            stop,
+            clients,
+        }
+    }
+
+    /// How many messages have been acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Stops the clients, waits for them to end, and returns what was kept for each
+    /// acknowledged message.
+    pub fn stop(self) -> Vec<T> {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.clients {
+            let _ = c.join();
+        }
+        std::mem::take(&mut *self.acked.lock().unwrap())
+    }
+}
+
+/// A tmpfs mounted on a directory for a test (a real ENOSPC); unmounted on drop.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Creates `dir` and mounts a tmpfs of `size` (e.g. "256k") on it; `None` when that is
+    /// not possible (not root). CI and the dev machines are root.
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        fs::create_dir_all(dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        mounted.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
     }
 }
 
