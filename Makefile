@@ -12,9 +12,13 @@ build:
 run:
 	$(CARGO) run --release -- serve
 
-# What the tests need beyond the Rust toolchain: Python 3 for the smtplib client.
+# What the tests need beyond the Rust toolchain: Python 3 for the smtplib client, openssl for
+# s_client against the TLS listeners.
 deps:
-	@command -v python3 >/dev/null 2>&1 || { apt-get update && apt-get install -y python3; }
+	@missing=""; \
+	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then apt-get update && apt-get install -y $$missing; fi
 
 lint:
 	$(CARGO) fmt --all -- --check

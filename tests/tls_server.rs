@@ -1,0 +1,323 @@
+//! TLS on the receiving side with real handshakes: an rcgen certificate in PEM files, Python's
+//! smtplib with `starttls()`, a rustls client that checks the certificate, `openssl s_client`
+//! for session tickets, and clients that misbehave during the handshake.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+use common::{queue_id, wait_until, Server, DEADLINE};
+
+/// Writes a fresh self-signed certificate for `name` as `cert.pem` and `key.pem` in `dir`;
+/// returns it (DER) for clients to trust.
+fn write_certificate(dir: &Path, name: &str) -> CertificateDer<'static> {
+    let certified = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
+    fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+    certified.cert.der().clone()
+}
+
+/// A server with a certificate for mx.test, an smtp listener and a submissions one.
+fn tls_server(name: &str) -> (Server, SocketAddr, CertificateDer<'static>) {
+    let dir = Arc::new(common::TempDir::new(name));
+    let cert = write_certificate(&dir.0, "mx.test");
+    let (cert_path, key_path) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    let server = Server::start_in(
+        &dir.0.clone(),
+        &[
+            "--listen",
+            "127.0.0.1:0, submissions@127.0.0.1:0",
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ],
+        Some(dir),
+    );
+    let submissions = listen_addr(&server, "submissions");
+    (server, submissions, cert)
+}
+
+/// The address of the listener of `role`, from the start-up log.
+fn listen_addr(server: &Server, role: &str) -> SocketAddr {
+    let line = server.wait_for_log(&format!("({role})"));
+    line.split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A TLS client that trusts only `cert`, for the name mx.test.
+fn client_config(cert: &CertificateDer<'static>) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+/// Handshakes over `tcp` as a client trusting `cert`.
+fn handshake(tcp: TcpStream, cert: &CertificateDer<'static>) -> std::io::Result<Tls> {
+    let name = ServerName::try_from("mx.test").unwrap();
+    let connection = ClientConnection::new(client_config(cert), name).unwrap();
+    let mut tls = StreamOwned::new(connection, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+/// Reads one whole reply (its lines joined with `\n`) from any stream.
+fn reply(reader: &mut impl BufRead) -> String {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "closed after {lines:?}"
+        );
+        let done = line.as_bytes().get(3) == Some(&b' ');
+        lines.push(line.trim_end().to_string());
+        if done {
+            return lines.join("\n");
+        }
+    }
+}
+
+/// Plaintext greeting, EHLO and STARTTLS on `addr`; the TLS stream after the handshake.
+fn starttls(addr: SocketAddr, cert: &CertificateDer<'static>) -> BufReader<Tls> {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut plain = BufReader::new(tcp.try_clone().unwrap());
+    assert!(reply(&mut plain).starts_with("220 "));
+    (&tcp).write_all(b"EHLO c.test\r\n").unwrap();
+    assert!(reply(&mut plain).contains("250 STARTTLS"));
+    (&tcp).write_all(b"STARTTLS\r\n").unwrap();
+    assert!(reply(&mut plain).starts_with("220 2.0.0 Ready to start TLS"));
+    BufReader::new(handshake(tcp, cert).unwrap())
+}
+
+fn command(tls: &mut BufReader<Tls>, line: &str) -> String {
+    tls.get_mut()
+        .write_all(format!("{line}\r\n").as_bytes())
+        .unwrap();
+    reply(tls)
+}
+
+#[test]
+fn smtplib_starttls_sends_and_received_says_esmtps_with_the_cipher() {
+    let (server, _, _) = tls_server("smtplib-tls");
+    let script = format!(
+        "import smtplib, ssl\n\
+         s = smtplib.SMTP('127.0.0.1', {port})\n\
+         s.starttls(context=ssl._create_unverified_context())\n\
+         s.ehlo()\n\
+         assert not s.has_extn('starttls'), 'STARTTLS offered again over TLS'\n\
+         s.sendmail('ann@client.test', ['alice@example.test'], 'Subject: tls\\r\\n\\r\\nsecret\\r\\n')\n\
+         s.quit()\n",
+        port = server.addr.port()
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("the message in the queue", || {
+        server.queue_files(".env").len() == 1
+    });
+    let id = server.queue_files(".env")[0]
+        .trim_end_matches(".env")
+        .to_string();
+    assert!(server.queued_envelope(&id).contains("Protocol: ESMTPS\n"));
+    let message = String::from_utf8(server.queued_message(&id)).unwrap();
+    assert!(
+        message.contains("(using TLSv1.3 with cipher TLS13_") && message.contains("with ESMTPS id"),
+        "{message}"
+    );
+    server.wait_for_log("TLS established: TLSv1.3 with cipher TLS13_");
+}
+
+#[test]
+fn commands_pipelined_behind_starttls_are_never_executed() {
+    let (server, _, cert) = tls_server("injection");
+    let tcp = TcpStream::connect(server.addr).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut plain = BufReader::new(tcp.try_clone().unwrap());
+    assert!(reply(&mut plain).starts_with("220 "));
+    // CVE-2011-0411: one write, STARTTLS with a transaction behind it.
+    (&tcp)
+        .write_all(
+            b"EHLO c.test\r\nSTARTTLS\r\nMAIL FROM:<x@y.test>\r\nRCPT TO:<alice@example.test>\r\n",
+        )
+        .unwrap();
+    assert!(reply(&mut plain).contains("250 STARTTLS"));
+    assert!(reply(&mut plain).starts_with("220 2.0.0"));
+    assert!(
+        plain.buffer().is_empty(),
+        "nothing answered the injected commands"
+    );
+    let mut tls = BufReader::new(handshake(tcp, &cert).unwrap());
+    // The session starts clean: the MAIL was never run, and no HELO is remembered.
+    assert!(command(&mut tls, "RCPT TO:<alice@example.test>").starts_with("503 5.5.1"));
+    let ehlo = command(&mut tls, "EHLO c.test");
+    assert!(
+        ehlo.starts_with("250-mx.test") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
+    assert!(command(&mut tls, "STARTTLS").starts_with("503 5.5.1"));
+    assert!(command(&mut tls, "MAIL FROM:<a@client.test>").starts_with("250 2.1.0"));
+    assert!(command(&mut tls, "RCPT TO:<alice@example.test>").starts_with("250 2.1.5"));
+    assert!(command(&mut tls, "DATA").starts_with("354"));
+    let queued = command(&mut tls, "Subject: x\r\n\r\nover TLS\r\n.");
+    queue_id(&queued);
+    assert_eq!(server.queue_files(".env").len(), 1);
+}
+
+/// Runs `openssl s_client` against `addr` (with `-starttls smtp` if asked) and says whether a
+/// session ticket came (it writes `-sess_out` only then).
+fn openssl_got_a_ticket(addr: SocketAddr, starttls: bool, dir: &Path) -> bool {
+    let sess = dir.join(format!("sess-{}", addr.port()));
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-connect",
+        &addr.to_string(),
+        "-ign_eof",
+        "-sess_out",
+    ])
+    .arg(&sess);
+    if starttls {
+        cmd.args(["-starttls", "smtp"]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    // After STARTTLS the server waits for a command; over implicit TLS it greets first.
+    if starttls {
+        stdin.write_all(b"EHLO c.test\r\n").unwrap();
+    }
+    // The first reply over TLS comes after any ticket: then QUIT.
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 {
+        if line.starts_with("250 ") || line.starts_with("220 ") {
+            break;
+        }
+        line.clear();
+    }
+    stdin.write_all(b"QUIT\r\n").unwrap();
+    let mut rest = String::new();
+    let _ = stdout.read_to_string(&mut rest);
+    let _ = child.wait();
+    sess.exists()
+}
+
+#[test]
+fn no_session_ticket_on_the_smtp_role_but_on_submissions() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        panic!("openssl is needed (make deps installs it)");
+    }
+    let (server, submissions, _) = tls_server("tickets");
+    assert!(
+        !openssl_got_a_ticket(server.addr, true, &server.dir),
+        "a ticket on smtp"
+    );
+    assert!(
+        openssl_got_a_ticket(submissions, false, &server.dir),
+        "no ticket on submissions"
+    );
+}
+
+#[test]
+fn garbage_stalls_and_hang_ups_in_the_handshake_leave_others_served() {
+    let (server, submissions, cert) = tls_server("badhandshake");
+    // Garbage instead of a ClientHello.
+    let mut garbage = TcpStream::connect(submissions).unwrap();
+    garbage.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    // A client that stalls in the handshake, holding its connection.
+    let _stalled = TcpStream::connect(submissions).unwrap();
+    // One that starts a ClientHello and hangs up.
+    let mut hangup = TcpStream::connect(submissions).unwrap();
+    hangup
+        .write_all(&[0x16, 0x03, 0x01, 0x00, 0xf0, 0x01])
+        .unwrap();
+    drop(hangup);
+    wait_until("two failed handshakes logged", || {
+        server
+            .log_lines()
+            .iter()
+            .filter(|l| l.contains("TLS handshake failed"))
+            .count()
+            == 2
+    });
+    // Meanwhile others are served, over STARTTLS and over implicit TLS.
+    let mut tls = starttls(server.addr, &cert);
+    assert!(command(&mut tls, "EHLO c.test").starts_with("250-mx.test"));
+    let tcp = TcpStream::connect(submissions).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut implicit = BufReader::new(handshake(tcp, &cert).unwrap());
+    assert!(reply(&mut implicit).starts_with("220 mx.test"));
+    assert!(command(&mut implicit, "EHLO c.test").starts_with("250-mx.test"));
+    // Garbage gets a TLS alert at most, never an SMTP greeting.
+    let mut answer = Vec::new();
+    let _ = garbage.read_to_end(&mut answer);
+    assert!(answer.is_empty() || answer[0] == 0x15, "{answer:?}");
+}
+
+#[test]
+fn a_replaced_certificate_serves_new_connections_and_a_session_in_progress_finishes() {
+    let (server, _, old) = tls_server("renewal");
+    let mut in_progress = starttls(server.addr, &old);
+    assert!(command(&mut in_progress, "EHLO c.test").starts_with("250-"));
+    // certbot renews: new files in place.
+    let new = write_certificate(&server.dir, "mx.test");
+    let tcp = TcpStream::connect(server.addr).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut fresh = starttls(server.addr, &new);
+    assert!(command(&mut fresh, "EHLO c.test").starts_with("250-"));
+    server.wait_for_log("TLS certificate re-read");
+    // The old certificate no longer serves new connections.
+    let mut plain = BufReader::new(tcp.try_clone().unwrap());
+    reply(&mut plain);
+    (&tcp).write_all(b"EHLO c.test\r\nSTARTTLS\r\n").unwrap();
+    reply(&mut plain);
+    reply(&mut plain);
+    assert!(
+        handshake(tcp, &old).is_err(),
+        "the old certificate still served"
+    );
+    // The session that began before the renewal goes on to the end.
+    assert!(command(&mut in_progress, "MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(command(&mut in_progress, "RCPT TO:<alice@example.test>").starts_with("250"));
+    assert!(command(&mut in_progress, "DATA").starts_with("354"));
+    queue_id(&command(
+        &mut in_progress,
+        "Subject: x\r\n\r\nstill here\r\n.",
+    ));
+}
