@@ -143,6 +143,8 @@ fn serve(args: &[String]) -> ExitCode {
 fn start(config: Arc<Config>) -> Result<(), String> {
     let spool = Arc::new(spool::Spool::open(&config.spool).map_err(|e| e.to_string())?);
     let recovery = spool.recover().map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&config.mailbox_root)
+        .map_err(|e| format!("cannot create {}: {e}", config.mailbox_root.display()))?;
     let directory = directory::Directory::load(&config.mailbox_root, config.aliases.as_deref())
         .map_err(|e| e.to_string())?;
     let tls = match &config.tls {

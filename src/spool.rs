@@ -403,7 +403,13 @@ fn link_no_replace(from: &Path, to: &Path) -> io::Result<()> {
             if fs::symlink_metadata(to).is_ok() {
                 return Err(io::ErrorKind::AlreadyExists.into());
             }
-            fs::rename(from, to)
+            fs::rename(from, to)?;
+            // Without links, two names for one file after a power cut would let recovery
+            // free the data of the queued one with the tmp/ one: make the move durable.
+            match from.parent() {
+                Some(tmp) => File::open(tmp).and_then(|d| d.sync_all()),
+                None => Ok(()),
+            }
         }
         result => result,
     }

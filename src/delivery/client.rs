@@ -511,8 +511,9 @@ fn hello(conn: &mut Connection, helo: &str, tls: &Security) -> Step<Result<Exten
         )));
     }
     let reply = conn.command("STARTTLS").map_err(at(Stage::Hello))?;
-    if reply.class() == 4 {
-        // 421: the server is closing; nothing is gained by staying in plaintext.
+    if reply.code == 421 {
+        // The server is closing; another may take the mail. (Other refusals in `may` mode
+        // go on in plaintext, as Postfix does.)
         return Ok(Err(format!("STARTTLS: {}", reply.summary())));
     }
     if reply.code != 220 {
@@ -643,7 +644,15 @@ fn transaction(
             // RFC 5321 4.5.3.1.10: an old server's 552 for too many recipients is temporary.
             552 => {
                 let text = format!("{} (in reply to {context})", reply.summary());
-                open[i] = Some(Outcome::deferred(DsnStatus::new(4, 5, 3), text));
+                let status = reply
+                    .text
+                    .split_whitespace()
+                    .next()
+                    .and_then(DsnStatus::parse)
+                    .map_or(DsnStatus::new(4, 5, 3), |s| {
+                        DsnStatus::new(4, s.subject, s.detail)
+                    });
+                open[i] = Some(Outcome::deferred(status, text));
             }
             _ => open[i] = Some(reply.outcome(&context)),
         }
@@ -673,6 +682,10 @@ fn transaction(
         .and_then(|()| writer.flush())
         .map_err(at(Stage::Data))?;
     drop(writer);
+    // The server has the whole message now: it gets its full time to answer, whatever is
+    // left of the domain's (RFC 1047: giving up here is what makes duplicates).
+    let transport = conn.reader.get_mut();
+    transport.end = transport.end.max(Instant::now() + timeouts.data);
     let final_reply = conn.reply().map_err(at(Stage::Data))?;
     for &i in &accepted {
         open[i] = Some(final_reply.outcome("end of DATA"));

@@ -69,7 +69,11 @@ impl Context {
         // A copy can exist only if a try came this far before: in an earlier run that died
         // before recording it (the id was in the queue at start), or in an earlier attempt
         // whose end was not sure (the Maildir's directory could not be synced).
-        let look_in_cur = rcpt.attempts > 0 || self.recovered.contains(job.id);
+        let recovered = self
+            .recovered
+            .lock()
+            .map_or(true, |recovered| recovered.contains(job.id));
+        let look_in_cur = rcpt.attempts > 0 || recovered;
         let message = self.spool.message_path(job.id);
         match maildir::deliver(&maildir, &name, &headers, &message, look_in_cur) {
             Ok(Written::New(_)) => {

@@ -59,9 +59,9 @@ struct Context {
     /// Envelopes whose outcomes are achieved but could not be written (a full disk): kept
     /// here, never repeated, until the write succeeds (invariant 6).
     unsaved: Mutex<HashMap<String, Envelope>>,
-    /// Ids found in the queue at start: an earlier run may have written their Maildir
-    /// files and died before recording it.
-    recovered: HashSet<String>,
+    /// Ids found in the queue at start or by a later scan: an earlier run (or another
+    /// program's) may have written their Maildir files without recording it.
+    recovered: Mutex<HashSet<String>>,
 }
 
 /// One message being worked on.
@@ -97,7 +97,7 @@ pub fn start(
             None => None,
         },
         unsaved: Mutex::default(),
-        recovered: recovered.iter().cloned().collect(),
+        recovered: Mutex::new(recovered.iter().cloned().collect()),
     });
     for n in 0..config.delivery_threads {
         let (context, work_rx, results) = (Arc::clone(&context), work_rx.clone(), results.clone());
@@ -164,6 +164,9 @@ fn scheduler(
                         if !schedule.knows(&id) {
                             log::info!("{id}: found in queue/ by the periodic scan");
                             schedule.add(&id, now);
+                            if let Ok(mut recovered) = context.recovered.lock() {
+                                recovered.insert(id);
+                            }
                         }
                     }
                 }
