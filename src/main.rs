@@ -15,6 +15,7 @@ mod server;
 mod smtp;
 mod spool;
 mod tls;
+mod users;
 
 use std::path::Path;
 use std::process::ExitCode;
