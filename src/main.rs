@@ -16,7 +16,9 @@ mod smtp;
 mod spool;
 mod stream;
 mod tls;
+mod users;
 
+use std::io::{BufRead, Read};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ fn usage() -> String {
         "postilion {VERSION}: a minimal, durable mail transfer agent\n\n\
          Usage:\n  postilion serve [--config FILE] [--KEY VALUE ...]\n  \
          postilion check-config [--config FILE] [--KEY VALUE ...]\n  \
+         postilion passwd [NAME] < password   (prints a line for users_file)\n  \
          postilion --help | --version\n\n\
          Every configuration key is also a flag (local_domains is --local-domains);\n\
          a flag wins over the file. Keys and defaults:\n"
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("serve") => serve(&args[1..]),
         Some("check-config") => check_config(&args[1..]),
+        Some("passwd") => passwd(&args[1..]),
         Some("--help" | "-h" | "help") => {
             print!("{}", usage());
             ExitCode::SUCCESS
@@ -118,6 +122,66 @@ fn check_config(args: &[String]) -> ExitCode {
         Err(e) => {
             eprintln!("postilion: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// sysexits.h: the command was used wrongly; the input data was wrong; an I/O or OS error.
+const EX_USAGE: u8 = 64;
+const EX_DATAERR: u8 = 65;
+const EX_OSERR: u8 = 71;
+const EX_IOERR: u8 = 74;
+
+/// `postilion passwd [NAME]`: hashes one password line from standard input and prints
+/// `name:hash` for the users file (just the hash without a name).
+fn passwd(args: &[String]) -> ExitCode {
+    const USAGE: &str = "usage: postilion passwd [NAME] < password";
+    let name = match args {
+        [] => None,
+        [name] => match users::login_name(name) {
+            Some(name) => Some(name),
+            None => {
+                eprintln!(
+                    "postilion passwd: '{name}' is not a login name (1 to 64 letters, digits, \
+                     '.', '_', '-', starting with a letter or digit)\n{USAGE}"
+                );
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    // One line, bounded: a longer one is refused below as too long.
+    let mut line = Vec::new();
+    let limit = users::MAX_PASSWORD_LEN as u64 + 2;
+    if let Err(e) = std::io::stdin()
+        .lock()
+        .take(limit)
+        .read_until(b'\n', &mut line)
+    {
+        eprintln!("postilion passwd: cannot read the password: {e}");
+        return ExitCode::from(EX_IOERR);
+    }
+    let password = match users::password_from_line(&line) {
+        Ok(password) => password,
+        Err(why) => {
+            eprintln!("postilion passwd: {why}");
+            return ExitCode::from(EX_DATAERR);
+        }
+    };
+    match users::hash_password(password) {
+        Ok(hash) => {
+            match name {
+                Some(name) => println!("{name}:{hash}"),
+                None => println!("{hash}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("postilion passwd: cannot hash the password: {e}");
+            ExitCode::from(EX_OSERR)
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The command line: help, version, check-config, one-line errors with exit status 2,
-//! and the journal log format.
+//! `passwd`, and the journal log format.
 
 mod common;
 
-use std::process::{Command, Output};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 
 use common::{base_args, Server, TempDir, BIN};
 
@@ -120,6 +121,93 @@ fn bad_configurations_are_one_line_errors_with_status_2() {
     }
     let out = run(&["serve", "--config", "/nonexistent/postilion.conf"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Runs `postilion passwd ARGS` with `input` on standard input.
+fn passwd(args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("passwd")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run postilion passwd");
+    let mut stdin = child.stdin.take().unwrap();
+    // The command may refuse before reading (a bad name): a broken pipe is then fine.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn passwd_prints_a_line_for_the_users_file() {
+    let out = passwd(&["Alice"], b"s3cret pass\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = String::from_utf8(out.stdout).unwrap();
+    let (name, hash) = line.trim_end().split_once(':').unwrap();
+    assert_eq!(name, "alice", "names are kept in lower case");
+    assert!(
+        hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{line}"
+    );
+    assert_eq!(hash.split('$').count(), 6, "{line}");
+    assert!(!line.contains("s3cret"));
+    assert_eq!(line.lines().count(), 1);
+    // The hash verifies the password, checked by the argon2 crate itself.
+    use argon2::{Argon2, PasswordHash, PasswordVerifier};
+    let parsed = PasswordHash::new(hash).unwrap();
+    assert!(Argon2::default()
+        .verify_password(b"s3cret pass", &parsed)
+        .is_ok());
+    assert!(Argon2::default()
+        .verify_password(b"s3cret pass\n", &parsed)
+        .is_err());
+
+    // Without a name, only the hash; a fresh salt each time; no newline at the end is fine.
+    let out = passwd(&[], b"s3cret pass");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bare = String::from_utf8(out.stdout).unwrap();
+    assert!(bare.starts_with("$argon2id$v=19$"), "{bare}");
+    assert_ne!(bare.trim_end(), hash);
+
+    // Only the first line is the password.
+    let out = passwd(&["bob"], b"first\nsecond\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn passwd_refuses_bad_input_with_65_and_bad_usage_with_64() {
+    let too_long = vec![b'x'; 2000];
+    for input in [&b""[..], b"\n", b"\r\n", b"a\0b\n", &too_long] {
+        let out = passwd(&["alice"], input);
+        assert_eq!(out.status.code(), Some(65), "{input:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty());
+        assert!(
+            stderr(&out).starts_with("postilion passwd: "),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert!(stderr(&passwd(&[], b"\n")).contains("empty"));
+    for args in [
+        &["al:ice"][..],
+        &["-h"],
+        &["alice", "bob"],
+        &["al ice"],
+        &[""],
+    ] {
+        let out = passwd(args, b"s3cret\n");
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty());
+        assert!(
+            stderr(&out).contains("usage: postilion passwd"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let help = String::from_utf8(run(&["--help"]).stdout).unwrap();
+    assert!(help.contains("postilion passwd [NAME]"), "{help}");
 }
 
 #[test]
