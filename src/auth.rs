@@ -74,7 +74,6 @@ const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 /// no white space, no missing or misplaced `=`, no set bits left over in the last character.
 /// So each byte string has exactly one encoding, the one `base64` makes. `""` decodes to
 /// nothing; the lone `=` of an empty AUTH response is for the caller to recognise.
-#[allow(dead_code)] // until the AUTH command (issue 8) uses it
 pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
     fn value(c: u8) -> Option<u32> {
         ALPHABET.iter().position(|&a| a == c).map(|v| v as u32)
@@ -109,7 +108,6 @@ pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
 }
 
 /// A decoded SASL PLAIN message (RFC 4616): `[authzid] NUL authcid NUL passwd`.
-#[allow(dead_code)] // until the AUTH command (issue 8) uses it
 #[derive(Clone, PartialEq, Eq)]
 pub struct Plain {
     /// The identity to act as, when the client names one.
@@ -126,7 +124,6 @@ impl fmt::Debug for Plain {
     }
 }
 
-#[allow(dead_code)] // until the AUTH command (issue 8) uses it
 impl Plain {
     /// The login name, if the client does not ask to act as somebody else: no authzid, or
     /// the authcid itself (in any case). We offer no proxy authorization.
@@ -141,7 +138,6 @@ impl Plain {
 /// Parses a decoded PLAIN message: three UTF-8 parts split by NUL, the authzid possibly
 /// empty, authcid and password not. Anything else (a missing part, a fourth one, so a NUL
 /// in the password, bad UTF-8) is `None`.
-#[allow(dead_code)] // until the AUTH command (issue 8) uses it
 pub fn parse_plain(message: &[u8]) -> Option<Plain> {
     let text = std::str::from_utf8(message).ok()?;
     let mut parts = text.split('\0');

@@ -27,6 +27,9 @@ pub const KEYS: &[Key] = &[
     Key { name: "listen", default: "127.0.0.1:2525", help: "addresses to listen on, comma-separated: [ROLE@]IP:PORT or [ROLE@][IPv6]:PORT, ROLE smtp (the default), submission or submissions" },
     Key { name: "tls_cert", default: "", help: "the server's certificate chain, PEM (e.g. Let's Encrypt's fullchain.pem); empty: no TLS offered" },
     Key { name: "tls_key", default: "", help: "the private key of tls_cert, PEM (e.g. Let's Encrypt's privkey.pem)" },
+    Key { name: "users_file", default: "", help: "users for SMTP AUTH, one 'name:hash' line each (postilion passwd makes them)" },
+    Key { name: "smtp_auth", default: "no", help: "offer AUTH on the smtp role too (it is always offered on submission and submissions), over TLS only" },
+    Key { name: "sender_login_match", default: "yes", help: "an authenticated user may use only its own addresses in MAIL FROM" },
     Key { name: "submission_tls_tickets", default: "yes", help: "send TLS 1.3 session tickets on the submission roles (never on smtp: some servers then abort STARTTLS)" },
     Key { name: "spool", default: "./spool", help: "spool directory (tmp/, queue/, corrupt/)" },
     Key { name: "hostname", default: "", help: "our host name in the greeting and Received: headers (default: the system's)" },
@@ -64,6 +67,9 @@ pub struct Config {
     /// Certificate chain and key files; both or neither.
     pub tls: Option<TlsFiles>,
     pub submission_tls_tickets: bool,
+    pub users_file: Option<PathBuf>,
+    pub smtp_auth: bool,
+    pub sender_login_match: bool,
     pub spool: PathBuf,
     pub hostname: String,
     /// Lower-case; always includes `hostname`.
@@ -294,19 +300,29 @@ impl RawConfig {
             (Some(_), None) => return Err(self.error("tls_cert", "needs tls_key too")),
             (None, Some(_)) => return Err(self.error("tls_key", "needs tls_cert too")),
         };
+        let users_file = file("users_file")?;
+        let smtp_auth = self.get("smtp_auth", yes_no)?;
         if let Some(listener) = listen.iter().find(|l| l.role != Role::Smtp) {
-            if tls.is_none() {
-                let why = format!(
-                    "the {} role needs tls_cert and tls_key",
-                    listener.role.name()
-                );
+            let needs = match (&tls, &users_file) {
+                (None, _) => Some("tls_cert and tls_key"),
+                (_, None) => Some("users_file"),
+                _ => None,
+            };
+            if let Some(needs) = needs {
+                let why = format!("the {} role needs {needs}", listener.role.name());
                 return Err(self.error("listen", &why));
             }
+        }
+        if smtp_auth && (users_file.is_none() || tls.is_none()) {
+            return Err(self.error("smtp_auth", "needs users_file, tls_cert and tls_key"));
         }
         Ok(Config {
             listen,
             tls,
             submission_tls_tickets: self.get("submission_tls_tickets", yes_no)?,
+            users_file,
+            smtp_auth,
+            sender_login_match: self.get("sender_login_match", yes_no)?,
             spool: self.get("spool", path)?,
             hostname,
             local_domains,

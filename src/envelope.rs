@@ -34,6 +34,8 @@ pub struct Envelope {
     pub size: u64,
     /// A delay warning was sent to the sender.
     pub delay_warned: bool,
+    /// The login name of the user who sent it over SMTP AUTH.
+    pub auth: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,6 +137,9 @@ impl Envelope {
         .ok();
         let _ = writeln!(out, "Helo: {}", one_line(&self.helo));
         let _ = writeln!(out, "Protocol: {}", self.protocol);
+        if let Some(name) = &self.auth {
+            let _ = writeln!(out, "Auth: {}", one_line(name));
+        }
         let _ = writeln!(out, "From: {}", self.reverse_path);
         let body = if self.eight_bit { "8BITMIME" } else { "7BIT" };
         let _ = writeln!(out, "Body: {body}");
@@ -201,6 +206,7 @@ impl Envelope {
                 }
                 ("Helo", _) => fields.helo = Some(value.to_string()),
                 ("Protocol", _) => fields.protocol = Some(value.to_string()),
+                ("Auth", _) => fields.auth = Some(value.to_string()),
                 ("From", _) => {
                     fields.from = Some(
                         whole_path(address::parse_reverse_path(value))
@@ -267,6 +273,7 @@ impl Envelope {
             arrival: fields.arrival.ok_or_else(|| missing("Arrival"))?,
             size: fields.size.ok_or_else(|| missing("Size"))?,
             delay_warned: fields.delay_warned,
+            auth: fields.auth,
         })
     }
 }
@@ -282,6 +289,7 @@ struct Fields {
     smtputf8: Option<bool>,
     size: Option<u64>,
     delay_warned: bool,
+    auth: Option<String>,
 }
 
 /// A path that fills the whole value (no parameters after it).
@@ -337,6 +345,7 @@ mod tests {
             arrival: 1_764_021_507,
             size: 1234,
             delay_warned: true,
+            auth: Some("alice".into()),
         }
     }
 
@@ -371,7 +380,7 @@ mod tests {
         assert!(Envelope::parse("").is_err());
         assert!(Envelope::parse("\u{0}\u{1}binary").is_err());
         let text = sample().to_text().replace("Size: 1234", "Size: lots");
-        assert_eq!(Envelope::parse(&text).unwrap_err().line, 9);
+        assert_eq!(Envelope::parse(&text).unwrap_err().line, 10);
         let text = sample()
             .to_text()
             .replace("Status: pending", "Colour: blue");

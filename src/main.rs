@@ -218,6 +218,10 @@ fn start(config: Arc<Config>) -> Result<(), String> {
         ),
         None => None,
     };
+    let users = match &config.users_file {
+        Some(path) => Some(users::UsersFile::load(path).map_err(|e| e.to_string())?),
+        None => None,
+    };
     let mut listeners = Vec::new();
     for listen in &config.listen {
         let (role, addr) = (listen.role, listen.addr);
@@ -245,7 +249,7 @@ fn start(config: Arc<Config>) -> Result<(), String> {
         recovery.debris_removed,
         recovery.quarantined
     );
-    let server = server::Server::new(Arc::clone(&config), tls, spool, directory, queued);
+    let server = server::Server::new(Arc::clone(&config), tls, users, spool, directory, queued);
     Arc::new(server).run(listeners);
     Ok(())
 }

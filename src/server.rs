@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
@@ -22,10 +22,12 @@ use crate::directory::Directory;
 use crate::envelope::Envelope;
 use crate::smtp::received;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Output, Session, SessionConfig, Timeout};
+use crate::smtp::sasl::Password;
+use crate::smtp::session::{AuthVerdict, Output, Session, SessionConfig, Timeout};
 use crate::spool::{Incoming, Spool, SpoolError};
 use crate::stream::Stream;
 use crate::tls::ServerTls;
+use crate::users::UsersFile;
 
 /// Stack of a connection thread: the session lives on the heap, so little is needed.
 const STACK_SIZE: usize = 256 * 1024;
@@ -37,6 +39,14 @@ const BACKLOG: i32 = 1024;
 /// How long the last bytes to a client may take once its place is given back: the overload
 /// reply, or the final replies of a closed session.
 const PARTING_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A wrong password is answered after this pause (Postfix's `smtpd_error_sleep_time`).
+const AUTH_FAILURE_DELAY: Duration = Duration::from_secs(1);
+/// After this many AUTH failures from one client (IPv6: one /64) within the window, its
+/// AUTH commands get 454 unchecked until the window passes without another.
+const MAX_AUTH_FAILURES: u32 = 10;
+const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(600);
+/// Clients whose failures are remembered before old entries are dropped.
+const MAX_AUTH_FAILURE_CLIENTS: usize = 10_000;
 
 /// Binds a listener. An IPv6 address serves IPv6 only, so `0.0.0.0:25` and `[::]:25` can be
 /// listed together (Linux would otherwise give `[::]` IPv4 too, and the second bind fails).
@@ -58,6 +68,10 @@ pub struct Server {
     session_configs: HashMap<Role, Arc<SessionConfig>>,
     /// The certificate, when one is configured.
     tls: Option<ServerTls>,
+    /// The users who may authenticate, when there is a `users_file`.
+    users: Option<UsersFile>,
+    /// Recent AUTH failures by client (`limit_key`): how many, and when the last was.
+    auth_failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     pub spool: Arc<Spool>,
     pub directory: Arc<Directory>,
     /// Queue ids of committed messages, for the delivery side.
@@ -70,6 +84,7 @@ impl Server {
     pub fn new(
         config: Arc<Config>,
         tls: Option<ServerTls>,
+        users: Option<UsersFile>,
         spool: Arc<Spool>,
         directory: Arc<Directory>,
         queued: Sender<String>,
@@ -85,6 +100,8 @@ impl Server {
                     local_domains: config.local_domains.clone(),
                     role,
                     starttls: tls.is_some() && role != Role::Submissions,
+                    auth: users.is_some() && (role != Role::Smtp || config.smtp_auth),
+                    sender_login_match: config.sender_login_match,
                 };
                 (role, Arc::new(session_config))
             })
@@ -98,6 +115,8 @@ impl Server {
             config,
             session_configs,
             tls,
+            users,
+            auth_failures: Mutex::default(),
             spool,
             directory,
             queued,
@@ -200,6 +219,7 @@ impl Server {
         let mut conn = Connection {
             server: self,
             role,
+            peer,
             id,
             slot,
             stream,
@@ -217,6 +237,53 @@ impl Server {
 }
 
 impl Server {
+    /// Checks a user's credentials: a failure is answered after a pause, and a client with
+    /// many recent failures is not even checked.
+    fn authenticate(
+        &self,
+        id: u64,
+        peer: SocketAddr,
+        name: &str,
+        password: &Password,
+    ) -> AuthVerdict {
+        let Some(users) = &self.users else {
+            return AuthVerdict::Refused;
+        };
+        let key = limit_key(peer.ip());
+        let now = Instant::now();
+        let recent = |failures: &HashMap<IpAddr, (u32, Instant)>| match failures.get(&key) {
+            Some(&(count, last)) if now.duration_since(last) < AUTH_FAILURE_WINDOW => count,
+            _ => 0,
+        };
+        if self.auth_failures.lock().map_or(0, |f| recent(&f)) >= MAX_AUTH_FAILURES {
+            log::warn!(
+                "c{id} AUTH refused unchecked: too many failures from {}",
+                peer.ip()
+            );
+            return AuthVerdict::Throttled;
+        }
+        let shown = escape_name(name);
+        match users.get().verify(name, password.0.as_bytes()) {
+            Some(login) => {
+                log::info!("c{id} authenticated as {}", login.name);
+                AuthVerdict::Accepted(login)
+            }
+            None => {
+                if let Ok(mut failures) = self.auth_failures.lock() {
+                    let count = recent(&failures) + 1;
+                    failures.insert(key, (count, now));
+                    if failures.len() > MAX_AUTH_FAILURE_CLIENTS {
+                        failures
+                            .retain(|_, (_, last)| now.duration_since(*last) < AUTH_FAILURE_WINDOW);
+                    }
+                }
+                log::warn!("c{id} AUTH failed for '{shown}' from {}", peer.ip());
+                thread::sleep(AUTH_FAILURE_DELAY);
+                AuthVerdict::Refused
+            }
+        }
+    }
+
     /// The TLS handshake on a client's stream, logged; says what was agreed.
     fn start_tls(&self, id: u64, role: Role, stream: &mut Stream) -> io::Result<String> {
         let Some(tls) = &self.tls else {
@@ -227,6 +294,14 @@ impl Server {
         log::info!("c{id} TLS established: {agreed}");
         Ok(agreed)
     }
+}
+
+/// A login name as the log shows it: printable ASCII, at most 64 characters.
+fn escape_name(name: &str) -> String {
+    name.chars()
+        .take(64)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
 }
 
 /// Writes the overload reply without blocking the accept loop for long.
@@ -319,6 +394,7 @@ enum Message<'a> {
 struct Connection<'a> {
     server: &'a Server,
     role: Role,
+    peer: SocketAddr,
     id: u64,
     slot: Slot<'a>,
     stream: Stream,
@@ -422,6 +498,12 @@ impl Connection<'_> {
                         .tcp()
                         .set_write_timeout(Some(PARTING_WRITE_TIMEOUT));
                 }
+                Output::Authenticate { name, password } => {
+                    let verdict = self
+                        .server
+                        .authenticate(self.id, self.peer, &name, &password);
+                    self.session.handle_auth_result(verdict);
+                }
                 // The session drops what was pipelined behind STARTTLS; the 220 goes first.
                 Output::StartTls => {
                     self.write_out()?;
@@ -491,8 +573,12 @@ impl Connection<'_> {
             .iter()
             .map(|r| r.path.to_string())
             .collect();
+        let auth = envelope
+            .auth
+            .as_ref()
+            .map_or(String::new(), |name| format!(" auth={name}"));
         log::info!(
-            "c{} {id}: from={} to={} size={} nrcpt={}",
+            "c{} {id}: from={} to={} size={} nrcpt={}{auth}",
             self.id,
             envelope.reverse_path,
             to.join(","),

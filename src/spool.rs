@@ -450,6 +450,7 @@ mod tests {
             arrival: 1,
             size: 0,
             delay_warned: false,
+            auth: None,
         }
     }
 

@@ -33,11 +33,12 @@
 //! and what is wrong, never the hash.
 
 // Until the AUTH command (issue 8) uses `Users`, only `postilion passwd` does.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use argon2::password_hash;
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
@@ -74,6 +75,7 @@ const DUMMY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$n6NztjLwAijp9RKWV7flNQ$K+lJigisbaWQXhyCVjyWUyjdQvFWE/rFJYPUtK/kaNg";
 
 /// The users file, loaded and checked.
+#[derive(Default)]
 pub struct Users {
     by_name: HashMap<String, User>,
 }
@@ -147,12 +149,13 @@ impl Users {
         Ok(Users { by_name })
     }
 
-    pub fn len(&self) -> usize {
-        self.by_name.len()
-    }
-
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
     }
 
     /// Checks a login. The name is case-insensitive. An unknown name costs one argon2id
@@ -174,6 +177,51 @@ impl Users {
 }
 
 /// Never shows a hash.
+/// The users file as it is now: re-read when it changes, so adding a user needs no restart;
+/// a file that turns bad keeps the last good table in use, with a log line.
+pub struct UsersFile {
+    path: PathBuf,
+    loaded: Mutex<(Option<SystemTime>, Arc<Users>)>,
+}
+
+impl UsersFile {
+    pub fn load(path: &Path) -> Result<UsersFile, UsersError> {
+        let stamp = modified(path);
+        let users = Users::load(path)?;
+        Ok(UsersFile {
+            path: path.into(),
+            loaded: Mutex::new((stamp, Arc::new(users))),
+        })
+    }
+
+    /// The users, read again first if the file changed.
+    pub fn get(&self) -> Arc<Users> {
+        let Ok(mut loaded) = self.loaded.lock() else {
+            return Arc::new(Users::default());
+        };
+        let stamp = modified(&self.path);
+        if stamp != loaded.0 {
+            loaded.0 = stamp;
+            match Users::load(&self.path) {
+                Ok(users) => {
+                    log::info!(
+                        "users re-read from {}: {} users",
+                        self.path.display(),
+                        users.len()
+                    );
+                    loaded.1 = Arc::new(users);
+                }
+                Err(e) => log::error!("users file not re-read, the old one serves: {e}"),
+            }
+        }
+        Arc::clone(&loaded.1)
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 impl fmt::Debug for Users {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut names: Vec<&String> = self.by_name.keys().collect();

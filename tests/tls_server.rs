@@ -25,23 +25,34 @@ fn write_certificate(dir: &Path, name: &str) -> CertificateDer<'static> {
     certified.cert.der().clone()
 }
 
-/// A server with a certificate for mx.test, an smtp listener and a submissions one.
+/// The users file of the TLS servers: alice, password `s3cret:pw` (SHA-512-crypt, made with
+/// `openssl passwd -6`: cheap to check in a debug build), who may also send as team@.
+pub const USERS: &str = "alice:$6$postilionsalt$24w8x5mYEsSf1JjwN5VB4wcsAJ18.gf7O0Hl2CV0VVCgsl2HEBjlC0888ibr9eHe4kULQ21gjjJyxZJdNja371:team@example.test\n";
+
+/// A server with a certificate for mx.test and the users above, an smtp listener and a
+/// submissions one, plus `extra` flags.
 fn tls_server(name: &str) -> (Server, SocketAddr, CertificateDer<'static>) {
+    tls_server_with(name, &[])
+}
+
+fn tls_server_with(name: &str, extra: &[&str]) -> (Server, SocketAddr, CertificateDer<'static>) {
     let dir = Arc::new(common::TempDir::new(name));
     let cert = write_certificate(&dir.0, "mx.test");
     let (cert_path, key_path) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    let server = Server::start_in(
-        &dir.0.clone(),
-        &[
-            "--listen",
-            "127.0.0.1:0, submissions@127.0.0.1:0",
-            "--tls-cert",
-            cert_path.to_str().unwrap(),
-            "--tls-key",
-            key_path.to_str().unwrap(),
-        ],
-        Some(dir),
-    );
+    let users = dir.0.join("users");
+    fs::write(&users, USERS).unwrap();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0, submissions@127.0.0.1:0, submission@127.0.0.1:0",
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+        "--users-file",
+        users.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start_in(&dir.0.clone(), &args, Some(dir));
     let submissions = listen_addr(&server, "submissions");
     (server, submissions, cert)
 }

@@ -26,7 +26,12 @@ pub enum Command {
     Vrfy,
     Help,
     StartTls,
-    /// Known verbs we deliberately do not offer (EXPN, TURN, AUTH, ...).
+    /// `AUTH mechanism [initial-response]` (RFC 4954).
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
+    /// Known verbs we deliberately do not offer (EXPN, TURN, ...).
     NotImplemented(&'static str),
 }
 
@@ -61,9 +66,7 @@ pub enum ParseError {
     UnknownParameter(String),
 }
 
-const NOT_IMPLEMENTED: &[&str] = &[
-    "EXPN", "TURN", "ETRN", "ATRN", "AUTH", "SEND", "SOML", "SAML",
-];
+const NOT_IMPLEMENTED: &[&str] = &["EXPN", "TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML"];
 const HTTP_VERBS: &[&str] = &["GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS"];
 
 /// Parses one command line; `line` has no CR LF.
@@ -93,6 +96,16 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         "QUIT" => Ok(Command::Quit),
         "HELP" => Ok(Command::Help),
         "STARTTLS" => no_arg("STARTTLS", Command::StartTls),
+        "AUTH" => {
+            let mut words = arg.split_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some(mechanism), initial, None) => Ok(Command::Auth {
+                    mechanism: mechanism.to_string(),
+                    initial: initial.map(str::to_string),
+                }),
+                _ => Err(ParseError::Syntax("AUTH mechanism [initial-response]")),
+            }
+        }
         "VRFY" if arg.trim().is_empty() => Err(ParseError::Syntax("VRFY address")),
         "VRFY" => Ok(Command::Vrfy),
         v if HTTP_VERBS.contains(&v) => Err(ParseError::Http),

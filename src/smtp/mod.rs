@@ -10,4 +10,5 @@ pub mod data;
 pub mod policy;
 pub mod received;
 pub mod reply;
+pub mod sasl;
 pub mod session;

@@ -36,6 +36,11 @@ pub fn header(
         _ => String::new(),
     };
     let tls = tls.map_or(String::new(), |tls| format!("\r\n\t(using {tls})"));
+    // That someone logged in, never who or with what.
+    let tls = match envelope.auth {
+        Some(_) => format!("{tls}\r\n\t(authenticated)"),
+        None => tls,
+    };
     format!(
         "Received: from {helo} ({literal}){tls}\r\n\tby {hostname} (Postilion) with {} id {id}{recipient};\r\n\t{}\r\n",
         envelope.protocol,
@@ -62,6 +67,7 @@ mod tests {
             arrival: 0,
             size: 0,
             delay_warned: false,
+            auth: None,
         };
         assert_eq!(
             header(&env, "mx.example", "ID1", 0, None),

@@ -178,6 +178,54 @@ impl Reply {
     pub fn must_start_tls() -> Reply {
         Reply::new(530, "5.7.0", "Must issue a STARTTLS command first")
     }
+    pub fn auth_challenge(text: &str) -> Reply {
+        Reply::bare(334, vec![text.to_string()])
+    }
+    pub fn auth_ok() -> Reply {
+        Reply::new(235, "2.7.0", "Authentication successful")
+    }
+    pub fn auth_failed() -> Reply {
+        Reply::new(535, "5.7.8", "Error: authentication failed")
+    }
+    pub fn auth_throttled() -> Reply {
+        Reply::new(
+            454,
+            "4.7.0",
+            "Error: too many failed authentications, try again later",
+        )
+    }
+    pub fn auth_needs_tls() -> Reply {
+        Reply::new(
+            538,
+            "5.7.11",
+            "Encryption required for requested authentication mechanism",
+        )
+    }
+    pub fn auth_required() -> Reply {
+        Reply::new(530, "5.7.0", "Authentication required")
+    }
+    pub fn auth_not_enabled() -> Reply {
+        Reply::new(503, "5.5.1", "Error: authentication not enabled")
+    }
+    pub fn already_authenticated() -> Reply {
+        Reply::new(503, "5.5.1", "Error: already authenticated")
+    }
+    pub fn unknown_mechanism() -> Reply {
+        Reply::new(504, "5.5.4", "Unrecognized authentication type")
+    }
+    pub fn auth_cancelled() -> Reply {
+        Reply::new(501, "5.0.0", "Authentication cancelled")
+    }
+    pub fn bad_sasl_response() -> Reply {
+        Reply::new(501, "5.5.2", "Cannot decode response")
+    }
+    pub fn sender_not_owned(sender: &str, user: &str) -> Reply {
+        Reply::new(
+            553,
+            "5.7.1",
+            format!("{sender}: Sender address rejected: not owned by user {user}"),
+        )
+    }
     pub fn too_many_recipients() -> Reply {
         Reply::new(452, "4.5.3", "Error: too many recipients")
     }
@@ -281,6 +329,17 @@ mod tests {
             Reply::tls_already_active(),
             Reply::transaction_in_progress(),
             Reply::must_start_tls(),
+            Reply::auth_ok(),
+            Reply::auth_failed(),
+            Reply::auth_throttled(),
+            Reply::auth_needs_tls(),
+            Reply::auth_required(),
+            Reply::auth_not_enabled(),
+            Reply::already_authenticated(),
+            Reply::unknown_mechanism(),
+            Reply::auth_cancelled(),
+            Reply::bad_sasl_response(),
+            Reply::sender_not_owned("<a@b>", "u"),
             Reply::message_too_big(),
             Reply::smtputf8_required(),
             Reply::bare_newline(),

@@ -15,12 +15,16 @@ use super::command::{self, Command, MailParams, ParseError};
 use super::data::{BareNewline, DataReader, Verdict};
 use super::policy::{self, RecipientRules, Refusal};
 use super::reply::Reply;
+use super::sasl::{self, Exchange, Password, Step};
 use crate::config::Role;
 use crate::envelope::{Envelope, Recipient};
 use crate::spool::{Queued, SpoolError};
+use crate::users::Login;
 
 /// RFC 5321 4.5.3.1.4: 512 octets including CRLF.
 pub const MAX_COMMAND_LINE: usize = 512;
+/// RFC 4954 4: an AUTH command or response line, CRLF included.
+pub const MAX_AUTH_LINE: usize = 12288;
 /// RCPT commands past `max_recipients` answered 452 before each more counts as an error, as
 /// Postfix's `smtpd_recipient_overshoot_limit`: a client that never stops is cut off.
 pub const MAX_RECIPIENT_OVERSHOOT: usize = 1000;
@@ -41,6 +45,19 @@ pub struct SessionConfig {
     pub role: Role,
     /// A certificate is configured: STARTTLS is offered (until TLS is on).
     pub starttls: bool,
+    /// AUTH is offered on this role (over TLS only).
+    pub auth: bool,
+    /// An authenticated user may use only its own addresses in MAIL FROM.
+    pub sender_login_match: bool,
+}
+
+/// What checking a user's credentials came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthVerdict {
+    Accepted(Login),
+    Refused,
+    /// Too many failures from this client lately: not even checked.
+    Throttled,
 }
 
 /// What the caller must do next.
@@ -59,6 +76,11 @@ pub enum Output {
     MessageAbort,
     /// Close the connection after sending the replies before this.
     Close,
+    /// Check these credentials and call `handle_auth_result`.
+    Authenticate {
+        name: String,
+        password: Password,
+    },
     /// Send the replies before this, drop whatever else the client sent (it was pipelined
     /// behind STARTTLS: CVE-2011-0411), do the TLS handshake, then call
     /// `handle_tls_started`, or close if it fails.
@@ -121,6 +143,10 @@ enum State {
     Committing(Helo),
     /// `StartTls` sent: input is dropped until `handle_tls_started`.
     StartingTls,
+    /// An AUTH exchange: the next line is the client's response to a 334.
+    Auth(Helo, Exchange),
+    /// `Authenticate` sent; waiting for `handle_auth_result`.
+    Authenticating(Helo),
     Closed,
 }
 
@@ -131,6 +157,8 @@ pub struct Session {
     local_names: Arc<HashSet<String>>,
     /// What the connection's TLS agreed on (`TLSv1.3 with cipher ...`), once there is TLS.
     tls: Option<String>,
+    /// The user that authenticated.
+    login: Option<Login>,
     state: State,
     /// The command line read so far (bounded by `MAX_COMMAND_LINE`).
     line: Vec<u8>,
@@ -162,6 +190,7 @@ impl Session {
             may_relay,
             local_names,
             tls,
+            login: None,
             state: State::Fresh,
             line: Vec::with_capacity(128),
             line_too_long: false,
@@ -201,7 +230,7 @@ impl Session {
         while used < input.len() {
             used += match self.state {
                 State::Closed => return input.len(),
-                State::Committing(_) => return used,
+                State::Committing(_) | State::Authenticating(_) => return used,
                 // Pipelined behind STARTTLS: never executed (CVE-2011-0411).
                 State::StartingTls => return input.len(),
                 _ if self.skip > 0 => self.skip_chunk(&input[used..]),
@@ -220,6 +249,22 @@ impl Session {
         if let State::StartingTls = self.state {
             self.state = State::Fresh;
             self.tls = Some(tls);
+        }
+    }
+
+    /// The verdict on the credentials of the last `Authenticate`.
+    pub fn handle_auth_result(&mut self, verdict: AuthVerdict) {
+        let State::Authenticating(helo) = std::mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        self.state = State::Ready(helo);
+        match verdict {
+            AuthVerdict::Accepted(login) => {
+                self.login = Some(login);
+                self.reply(Reply::auth_ok());
+            }
+            AuthVerdict::Refused => self.reply(Reply::auth_failed()),
+            AuthVerdict::Throttled => self.reply(Reply::auth_throttled()),
         }
     }
 
@@ -310,8 +355,9 @@ impl Session {
             Some(lf) => (&input[..lf], lf + 1, true),
             None => (input, input.len(), false),
         };
+        let limit = self.line_limit(chunk);
         if !self.line_too_long {
-            if self.line.len() + chunk.len() > MAX_COMMAND_LINE {
+            if self.line.len() + chunk.len() > limit {
                 self.line_too_long = true;
                 self.line.clear();
             } else {
@@ -323,17 +369,39 @@ impl Session {
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
-            if std::mem::take(&mut self.line_too_long) || line.len() + 2 > MAX_COMMAND_LINE {
+            if std::mem::take(&mut self.line_too_long) || line.len() + 2 > limit {
                 self.last_command = "(line too long)".into();
+                // An AUTH exchange ends with it.
+                self.state = match std::mem::replace(&mut self.state, State::Closed) {
+                    State::Auth(helo, _) => State::Ready(helo),
+                    other => other,
+                };
                 self.reply(Reply::line_too_long());
+            } else if let State::Auth(..) = self.state {
+                self.last_command = "(AUTH response)".into();
+                self.handle_auth_response(&line);
             } else {
-                self.last_command = escape(&line);
+                self.last_command = escape_command(&line);
                 self.handle_line(&line);
             }
             line.clear();
             self.line = line;
         }
         used
+    }
+
+    /// RFC 4954 4: AUTH lines may be 12288 octets, so may the responses of an exchange.
+    fn line_limit(&self, chunk: &[u8]) -> usize {
+        let start = if self.line.is_empty() {
+            chunk
+        } else {
+            &self.line
+        };
+        let is_auth = start.len() >= 5 && start[..5].eq_ignore_ascii_case(b"AUTH ");
+        match (&self.state, is_auth) {
+            (State::Auth(..), _) | (_, true) => MAX_AUTH_LINE,
+            _ => MAX_COMMAND_LINE,
+        }
     }
 
     fn handle_line(&mut self, line: &[u8]) {
@@ -447,6 +515,7 @@ impl Session {
                 state
             }
             (Command::StartTls, state) => self.start_tls(state),
+            (Command::Auth { mechanism, initial }, state) => self.auth(state, &mechanism, initial),
             (Command::NotImplemented(verb), state) => {
                 self.reply(Reply::not_implemented(verb));
                 state
@@ -474,6 +543,9 @@ impl Session {
         if self.config.starttls && self.tls.is_none() {
             extensions.push("STARTTLS".into());
         }
+        if self.config.auth && self.tls.is_some() {
+            extensions.push("AUTH PLAIN LOGIN".into());
+        }
         extensions
     }
 
@@ -498,6 +570,62 @@ impl Session {
         State::StartingTls
     }
 
+    /// AUTH (RFC 4954): over TLS, after EHLO, outside a transaction, once.
+    fn auth(&mut self, state: State, mechanism: &str, initial: Option<String>) -> State {
+        let refusal = if !self.config.auth {
+            Some(Reply::auth_not_enabled())
+        } else if self.needs_tls_first() {
+            Some(Reply::must_start_tls())
+        } else if self.tls.is_none() {
+            Some(Reply::auth_needs_tls())
+        } else if self.login.is_some() {
+            Some(Reply::already_authenticated())
+        } else {
+            None
+        };
+        match (refusal, state) {
+            (None, State::Ready(helo)) => {
+                let (step, exchange) = sasl::start(mechanism, initial.as_deref());
+                self.auth_step(helo, step, exchange)
+            }
+            (refusal, state) => {
+                self.reply(refusal.unwrap_or(match state {
+                    State::Fresh => Reply::need_helo(),
+                    _ => Reply::transaction_in_progress(),
+                }));
+                state
+            }
+        }
+    }
+
+    fn handle_auth_response(&mut self, line: &[u8]) {
+        let State::Auth(helo, exchange) = std::mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        let line = String::from_utf8_lossy(line);
+        let (step, exchange) = sasl::respond(exchange, line.trim());
+        self.state = self.auth_step(helo, step, exchange);
+    }
+
+    fn auth_step(&mut self, helo: Helo, step: Step, exchange: Option<Exchange>) -> State {
+        match (step, exchange) {
+            (Step::Challenge(text), Some(exchange)) => {
+                self.reply(Reply::auth_challenge(&text));
+                State::Auth(helo, exchange)
+            }
+            (Step::Credentials { name, password }, _) => {
+                self.outputs
+                    .push_back(Output::Authenticate { name, password });
+                State::Authenticating(helo)
+            }
+            (Step::Refused(reply), _) => {
+                self.reply(reply);
+                State::Ready(helo)
+            }
+            (Step::Challenge(_), None) => State::Ready(helo),
+        }
+    }
+
     /// A role that wants TLS first (submission) refuses what needs it with 530.
     fn needs_tls_first(&self) -> bool {
         self.config.role != Role::Smtp && self.tls.is_none()
@@ -507,6 +635,19 @@ impl Session {
         if self.needs_tls_first() {
             self.reply(Reply::must_start_tls());
             return State::Ready(helo);
+        }
+        if self.config.role != Role::Smtp && self.login.is_none() {
+            self.reply(Reply::auth_required());
+            return State::Ready(helo);
+        }
+        if let (true, Some(login), ReversePath::Mailbox(sender)) =
+            (self.config.sender_login_match, &self.login, &from)
+        {
+            if !login.may_send_as(sender, &self.config.local_domains) {
+                let reply = Reply::sender_not_owned(&from.to_string(), &login.name);
+                self.reply(reply);
+                return State::Ready(helo);
+            }
         }
         if !helo.extended && !params.is_empty() {
             self.reply(Reply::unknown_parameter("ESMTP parameters need EHLO"));
@@ -542,7 +683,7 @@ impl Session {
         let rules = RecipientRules {
             local_domains: &self.config.local_domains,
             local_names: &self.local_names,
-            may_relay: self.may_relay,
+            may_relay: self.may_relay || self.login.is_some(),
         };
         if tx.accepted_rcpts >= self.config.max_recipients {
             // Not the client's error (RFC 5321 4.5.3.1.10): it sends the rest in another
@@ -582,20 +723,23 @@ impl Session {
 
     /// Starts the message of a transaction with recipients (`MessageStart`).
     fn start_message(&mut self, helo: &Helo, tx: Transaction) {
-        // RFC 3848: an S for TLS.
-        let protocol = match (helo.extended, tx.params.smtputf8, self.tls.is_some()) {
-            (false, _, _) => "SMTP",
-            (true, false, false) => "ESMTP",
-            (true, false, true) => "ESMTPS",
-            (true, true, false) => "UTF8SMTP",
-            (true, true, true) => "UTF8SMTPS",
+        // RFC 3848: an S for TLS, an A for AUTH.
+        let protocol = match (helo.extended, tx.params.smtputf8) {
+            (false, _) => "SMTP".to_string(),
+            (true, utf8) => format!(
+                "{}{}{}",
+                if utf8 { "UTF8SMTP" } else { "ESMTP" },
+                if self.tls.is_some() { "S" } else { "" },
+                if self.login.is_some() { "A" } else { "" },
+            ),
         };
         self.outputs.push_back(Output::MessageStart(Envelope {
             reverse_path: tx.from,
             recipients: tx.recipients.into_iter().map(Recipient::pending).collect(),
             client: Some(self.client),
             helo: helo.name.clone(),
-            protocol: protocol.into(),
+            protocol,
+            auth: self.login.as_ref().map(|l| l.name.clone()),
             eight_bit: tx.params.eight_bit,
             smtputf8: tx.params.smtputf8,
             arrival: 0,
@@ -800,6 +944,20 @@ fn refusal(verdict: Verdict) -> Option<Reply> {
         Verdict::Acceptable => None,
         Verdict::TooBig => Some(Reply::message_too_big()),
         Verdict::BareNewline => Some(Reply::bare_newline()),
+    }
+}
+
+/// A command line for logs, with any AUTH initial response masked.
+fn escape_command(line: &[u8]) -> String {
+    let words: Vec<&[u8]> = line.splitn(3, |&b| b == b' ').collect();
+    match words.as_slice() {
+        [verb, mechanism, _] if verb.eq_ignore_ascii_case(b"AUTH") => {
+            format!(
+                "{} ********",
+                escape(&line[..verb.len() + 1 + mechanism.len()])
+            )
+        }
+        _ => escape(line),
     }
 }
 

@@ -19,14 +19,17 @@ fn config_with(max_recipients: usize) -> Arc<SessionConfig> {
         local_domains: vec!["example.org".into()],
         role: Role::Smtp,
         starttls: false,
+        auth: false,
+        sender_login_match: true,
     })
 }
 
-/// A session of `role` with a certificate configured.
+/// A session of `role` with a certificate configured (and users, on submission roles).
 fn tls_session(role: Role) -> Session {
     let cfg = SessionConfig {
         role,
         starttls: true,
+        auth: role != Role::Smtp,
         ..Arc::try_unwrap(config()).unwrap()
     };
     session_with(Arc::new(cfg), false)
@@ -56,6 +59,8 @@ struct Transcript {
     closed: bool,
     /// STARTTLS handshakes done (each "succeeds" at once).
     tls_started: usize,
+    /// The names credentials were checked for.
+    auth_attempts: Vec<String>,
 }
 
 /// Feeds `input` in pieces of `chunk` bytes, committing every message as queued.
@@ -86,6 +91,18 @@ fn drive(session: &mut Session, input: &[u8], chunk: usize, t: &mut Transcript) 
                         t.aborted += 1;
                     }
                     Output::Close => t.closed = true,
+                    // The one right password is "right"; every user has its own addresses.
+                    Output::Authenticate { name, password } => {
+                        t.auth_attempts.push(name.clone());
+                        session.handle_auth_result(match password.0.as_str() {
+                            "right" => AuthVerdict::Accepted(Login {
+                                name,
+                                addresses: vec!["team@example.org".into()],
+                            }),
+                            "many" => AuthVerdict::Throttled,
+                            _ => AuthVerdict::Refused,
+                        });
+                    }
                     Output::StartTls => {
                         t.tls_started += 1;
                         session.handle_tls_started("TLSv1.3 with cipher TEST".into());
@@ -880,7 +897,8 @@ fn submission_wants_starttls_before_mail() {
     );
     assert_eq!(codes(&t)[1], "530 5.7.0");
     assert_eq!(codes(&t)[2], "220 2.0.0");
-    assert_eq!(codes(&t)[4], "250 2.1.0");
+    // Over TLS, still no MAIL before AUTH.
+    assert_eq!(codes(&t)[4], "530 5.7.0");
 }
 
 #[test]
@@ -893,4 +911,144 @@ fn mail_over_tls_is_esmtps() {
         ],
     );
     assert_eq!(t.messages[0].0.protocol, "ESMTPS");
+}
+
+/// A submission session after EHLO and STARTTLS, then `pieces`.
+fn submission(pieces: &[&str]) -> Transcript {
+    let mut all = vec!["EHLO c\r\nSTARTTLS\r\n", "EHLO c\r\n"];
+    all.extend_from_slice(pieces);
+    run_pieces(tls_session(Role::Submission), &all)
+}
+
+fn b64(text: &str) -> String {
+    crate::auth::base64(text.as_bytes())
+}
+
+#[test]
+fn submission_wants_tls_then_auth_before_mail() {
+    let t = run_pieces(
+        tls_session(Role::Submission),
+        &["EHLO c\r\nAUTH PLAIN\r\nMAIL FROM:<alice@example.org>\r\n"],
+    );
+    assert_eq!(codes(&t)[1..], ["530 5.7.0", "530 5.7.0"]);
+    assert!(!t.replies[1].contains("AUTH"), "AUTH offered before TLS");
+    let t = submission(&["MAIL FROM:<alice@example.org>\r\n"]);
+    assert!(
+        t.replies[3].contains("AUTH PLAIN LOGIN"),
+        "{}",
+        t.replies[3]
+    );
+    assert_eq!(codes(&t)[3], "530 5.7.0", "MAIL before AUTH");
+}
+
+#[test]
+fn auth_plain_and_login_then_relay_anywhere() {
+    let plain = format!("AUTH PLAIN {}\r\n", b64("\0alice\0right"));
+    let t = submission(&[
+        &plain,
+        "MAIL FROM:<alice@example.org>\r\nRCPT TO:<x@elsewhere.example>\r\nDATA\r\nhi\r\n.\r\n",
+    ]);
+    assert_eq!(
+        codes(&t)[3..],
+        [
+            "235 2.7.0",
+            "250 2.1.0",
+            "250 2.1.5",
+            "354 End",
+            "250 2.0.0"
+        ]
+    );
+    let envelope = &t.messages[0].0;
+    assert_eq!(envelope.auth.as_deref(), Some("alice"));
+    assert_eq!(envelope.protocol, "ESMTPSA");
+    let login = [
+        "AUTH LOGIN\r\n".to_string(),
+        format!("{}\r\n", b64("alice")),
+        format!("{}\r\n", b64("right")),
+    ];
+    let t = submission(&[&login[0], &login[1], &login[2], "AUTH PLAIN\r\n"]);
+    assert_eq!(t.replies[4], "334 VXNlcm5hbWU6\r\n");
+    assert_eq!(t.replies[5], "334 UGFzc3dvcmQ6\r\n");
+    assert_eq!(codes(&t)[5..], ["235 2.7.0", "503 5.5.1"]);
+    assert_eq!(t.auth_attempts, ["alice"]);
+}
+
+#[test]
+fn a_wrong_password_is_535_and_relaying_stays_closed() {
+    let wrong = format!("AUTH PLAIN {}\r\n", b64("\0alice\0wrong"));
+    let t = submission(&[&wrong, "MAIL FROM:<alice@example.org>\r\n"]);
+    assert_eq!(codes(&t)[3..], ["535 5.7.8", "530 5.7.0"]);
+    let many = format!("AUTH PLAIN {}\r\n", b64("\0alice\0many"));
+    assert_eq!(codes(&submission(&[&many]))[3], "454 4.7.0");
+    // On the smtp role, no AUTH without smtp_auth; relaying needs a listed network.
+    let t = run_with(
+        session(false),
+        b"EHLO c\r\nAUTH PLAIN\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@elsewhere.example>\r\n",
+    );
+    assert_eq!(codes(&t)[1..], ["503 5.5.1", "250 2.1.0", "554 5.7.1"]);
+}
+
+#[test]
+fn auth_over_plaintext_on_the_smtp_role_is_538() {
+    let cfg = SessionConfig {
+        starttls: true,
+        auth: true,
+        ..Arc::try_unwrap(config()).unwrap()
+    };
+    let t = run_with(
+        session_with(Arc::new(cfg), false),
+        b"EHLO c\r\nAUTH PLAIN\r\n",
+    );
+    assert_eq!(codes(&t)[1], "538 5.7.11");
+    assert!(!t.replies[1].contains("AUTH"));
+}
+
+#[test]
+fn sender_login_match_refuses_a_forged_sender() {
+    let plain = format!("AUTH PLAIN {}\r\n", b64("\0alice\0right"));
+    let t = submission(&[
+        &plain,
+        "MAIL FROM:<bob@example.org>\r\nMAIL FROM:<Alice@Example.ORG>\r\nRSET\r\nMAIL FROM:<team@example.org>\r\nRSET\r\nMAIL FROM:<>\r\n",
+    ]);
+    assert_eq!(
+        codes(&t)[4..],
+        [
+            "553 5.7.1",
+            "250 2.1.0",
+            "250 2.0.0",
+            "250 2.1.0",
+            "250 2.0.0",
+            "250 2.1.0"
+        ]
+    );
+}
+
+#[test]
+fn auth_exchanges_can_be_cancelled_and_garbage_is_refused() {
+    let t = submission(&[
+        "AUTH LOGIN\r\n",
+        "*\r\n",
+        "AUTH PLAIN !!!\r\n",
+        "AUTH CRAM-MD5\r\n",
+    ]);
+    assert_eq!(codes(&t)[4..], ["501 5.0.0", "501 5.5.2", "504 5.5.4"]);
+    assert!(t.auth_attempts.is_empty());
+}
+
+#[test]
+fn auth_lines_may_be_long_and_are_never_logged() {
+    let password = "p".repeat(2000);
+    let long = format!("AUTH PLAIN {}\r\n", b64(&format!("\0alice\0{password}")));
+    let mut s = tls_session(Role::Submission);
+    let mut t = Transcript::default();
+    for piece in ["EHLO c\r\nSTARTTLS\r\n", "EHLO c\r\n", &long] {
+        drive(&mut s, piece.as_bytes(), piece.len(), &mut t);
+    }
+    assert_eq!(codes(&t)[3], "535 5.7.8", "a long line is read whole");
+    assert!(
+        !s.last_command().contains(&b64("\0alice")[..4]),
+        "{}",
+        s.last_command()
+    );
+    assert_eq!(s.last_command(), "AUTH PLAIN ********");
 }
