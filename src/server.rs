@@ -72,6 +72,9 @@ pub struct Server {
     users: Option<UsersFile>,
     /// Recent AUTH failures by client (`limit_key`): how many, and when the last was.
     auth_failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Held while a password is checked: one argon2 check (19 MiB) at a time, however many
+    /// clients try at once, so memory stays small on a small box.
+    verifying: Mutex<()>,
     pub spool: Arc<Spool>,
     pub directory: Arc<Directory>,
     /// Queue ids of committed messages, for the delivery side.
@@ -117,6 +120,7 @@ impl Server {
             tls,
             users,
             auth_failures: Mutex::default(),
+            verifying: Mutex::default(),
             spool,
             directory,
             queued,
@@ -263,7 +267,11 @@ impl Server {
             return AuthVerdict::Throttled;
         }
         let shown = escape_name(name);
-        match users.get().verify(name, password.0.as_bytes()) {
+        let checked = {
+            let _one_at_a_time = self.verifying.lock();
+            users.get().verify(name, password.0.as_bytes())
+        };
+        match checked {
             Some(login) => {
                 log::info!("c{id} authenticated as {}", login.name);
                 AuthVerdict::Accepted(login)
