@@ -476,23 +476,3 @@ fn load_reads_a_file_and_errors_name_it() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
-
-/// `cargo test --release users::tests::timing -- --ignored --nocapture`
-#[test]
-#[ignore]
-fn timing() {
-    let hash = hash_password(b"s3cret").unwrap();
-    let users = parse(&format!("alice:{hash}\nbob:{OPENSSL_SHA512}\n")).unwrap();
-    let time = |name: &str, password: &[u8]| {
-        let start = std::time::Instant::now();
-        let n = 20;
-        for _ in 0..n {
-            let _ = users.verify(name, password);
-        }
-        start.elapsed() / n
-    };
-    println!("argon2id right password: {:?}", time("alice", b"s3cret"));
-    println!("argon2id wrong password: {:?}", time("alice", b"wrong"));
-    println!("unknown name (dummy):    {:?}", time("nobody", b"wrong"));
-    println!("sha512-crypt 5000 rounds: {:?}", time("bob", b"secret"));
-}
