@@ -1,29 +1,63 @@
 //! `make bench`: load figures for the real binary, beside a private Postfix where installed.
 //!
 //! Acceptance: 4 KiB messages over loopback at 1 and 20 concurrent sessions (pipelined MAIL,
-//! RCPT, DATA, as an MTA client sends them): messages/s, p50/p99 transaction latency, the
-//! server's RSS (idle, with 100 idle connections, peak) and the binary size; accepted mail is
-//! held (Postilion: delivery paused; Postfix: HOLD). Delivery: 2000 such messages accepted
-//! and relayed to a sink on loopback, end to end. Postfix, when `postfix` is on the PATH, gets
-//! its own config and queue under target/bench, a loopback port, stock settings otherwise.
-//! Rounds alternate between the two servers so disk drift hits both alike. Nothing leaves
-//! the machine: relaying goes to the sink, and no DNS lookup is made.
+//! RCPT, DATA, as an MTA client sends them): messages/s, p50/p99 transaction latency, CPU
+//! seconds per 1000 messages, the server's RSS (idle, with 100 idle connections, peak) and the
+//! binary size; accepted mail is held (Postilion: delivery paused; Postfix: HOLD). TLS: 20
+//! sessions, each message on a connection of its own with STARTTLS (a full TLS 1.3 handshake,
+//! no resumption), both servers with one self-signed certificate. Delivery: 2000 such messages
+//! accepted and relayed to a sink on loopback, end to end. Postfix, when `postfix` is on the
+//! PATH, gets its own config and queue under target/bench, a loopback port, stock settings
+//! otherwise. Rounds alternate between the two servers so disk drift hits both alike. Nothing
+//! leaves the machine: relaying goes to the sink, and no DNS lookup is made.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use rustls::client::Resumption;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, ProtocolVersion, RootCertStore, StreamOwned};
 
 const BIN: &str = env!("CARGO_BIN_EXE_postilion");
 const MESSAGE_SIZE: usize = 4096;
 const ROUNDS: usize = 3;
-/// Messages per round: (sessions, messages per session).
-const LOADS: [(usize, usize); 2] = [(1, 300), (20, 100)];
+/// The name in the certificate, which the TLS clients check.
+const CERT_NAME: &str = "bench.test";
+
+/// One row of the table, run ROUNDS times against each server.
+struct Load {
+    sessions: usize,
+    /// Messages per session and round.
+    messages: usize,
+    /// Without TLS a session sends all its messages on one connection; with it, each message
+    /// has a connection of its own: connect, EHLO, STARTTLS, handshake, EHLO, message, QUIT.
+    tls: bool,
+}
+
+const LOADS: [Load; 3] = [
+    Load {
+        sessions: 1,
+        messages: 300,
+        tls: false,
+    },
+    Load {
+        sessions: 20,
+        messages: 100,
+        tls: false,
+    },
+    Load {
+        sessions: 20,
+        messages: 50,
+        tls: true,
+    },
+];
 
 fn main() {
     let work = PathBuf::from("target/bench");
@@ -31,9 +65,27 @@ fn main() {
     fs::create_dir_all(&work).expect("create target/bench");
     let work = work.canonicalize().expect("target/bench path");
     let message = message();
+    let certificate = Certificate::write(&work);
 
-    let postilion = Postilion::start(&work.join("postilion"), &["--delivery-threads", "0"]);
-    let postfix = Postfix::start(&work.join("postfix"), HOLD);
+    let (cert, key) = (
+        certificate.cert.to_string_lossy(),
+        certificate.key.to_string_lossy(),
+    );
+    let postilion = Postilion::start(
+        &work.join("postilion"),
+        &[
+            "--delivery-threads",
+            "0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+    );
+    let postfix = Postfix::start(
+        &work.join("postfix"),
+        &format!("{HOLD}{}", certificate.postfix_cf()),
+    );
     if postfix.is_none() {
         println!("(Postfix not installed: `apt-get install postfix` to compare in the same run)");
     }
@@ -61,32 +113,64 @@ fn main() {
     drop(idle);
     drop(idle_server);
 
+    let mut servers = vec![Target {
+        name: "postilion",
+        addr: postilion.addr,
+        pid: Some(postilion.child.id()),
+    }];
+    if let Some(postfix) = &postfix {
+        servers.push(Target {
+            name: "postfix",
+            addr: postfix.addr,
+            pid: postfix.pid,
+        });
+    }
     println!();
     println!(
-        "{:>8}  {:<9}  {:>9}  {:>8}  {:>8}",
-        "sessions", "server", "msg/s", "p50 ms", "p99 ms"
+        "\"TLS\" rows: a new connection per message (connect, EHLO, STARTTLS, handshake, EHLO, \
+         message, QUIT), latency from connect to the 250; rustls client (ring), TLS 1.3, no \
+         resumption; one self-signed ECDSA P-256 certificate for both servers"
     );
-    for (sessions, per_session) in LOADS {
-        let mut ours = Vec::new();
-        let mut theirs = Vec::new();
+    println!(
+        "CPU: user + system seconds per 1000 messages of the server process (Postfix: master \
+         and all its children, exited ones included)"
+    );
+    println!(
+        "{:>8}  {:<9}  {:>9}  {:>8}  {:>8}  {:>8}",
+        "sessions", "server", "msg/s", "p50 ms", "p99 ms", "CPU s/1k"
+    );
+    for spec in LOADS {
+        let mut runs: Vec<Vec<Run>> = servers.iter().map(|_| Vec::new()).collect();
         for _ in 0..ROUNDS {
-            let run = load(postilion.addr, sessions, per_session, &message);
-            run.print(sessions, "postilion");
-            ours.push(run.rate);
-            if let Some(postfix) = &postfix {
-                let run = load(postfix.addr, sessions, per_session, &message);
-                run.print(sessions, "postfix");
-                theirs.push(run.rate);
+            for (server, runs) in servers.iter().zip(&mut runs) {
+                let run = spec.run(server, &message, &certificate.client);
+                run.print(&spec.label(), server.name);
+                runs.push(run);
             }
         }
-        let (ours, theirs) = (median(&mut ours), median(&mut theirs));
-        match postfix {
-            Some(_) => println!(
-                "{sessions:>8}  median: postilion {ours:.0} msg/s, postfix {theirs:.0} msg/s, ratio {:.2}x\n",
-                ours / theirs
-            ),
-            None => println!("{sessions:>8}  median: postilion {ours:.0} msg/s\n"),
+        let medians: Vec<(f64, Option<f64>)> = runs
+            .iter()
+            .map(|runs| {
+                let mut rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
+                let mut cpu: Vec<f64> = runs.iter().filter_map(|r| r.cpu).collect();
+                (
+                    median(&mut rates),
+                    (!cpu.is_empty()).then(|| median(&mut cpu)),
+                )
+            })
+            .collect();
+        let mut line = format!("{:>8}  median:", spec.label());
+        for (i, (server, (rate, cpu))) in servers.iter().zip(&medians).enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            line += &format!("{sep} {} {rate:.0} msg/s", server.name);
+            if let Some(cpu) = cpu {
+                line += &format!(" ({cpu:.2} CPU s/1k)");
+            }
         }
+        if let [(ours, _), (theirs, _)] = medians[..] {
+            line += &format!(", ratio {:.2}x", ours / theirs);
+        }
+        println!("{line}\n");
     }
     println!(
         "peak RSS: {:.2} MiB",
@@ -96,6 +180,78 @@ fn main() {
     drop(postilion);
     drop(postfix);
     delivery(&work, &message);
+}
+
+/// A server under load: where it listens, and the process whose CPU time is counted.
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    pid: Option<u32>,
+}
+
+impl Load {
+    fn label(&self) -> String {
+        format!("{}{}", self.sessions, if self.tls { " TLS" } else { "" })
+    }
+
+    fn run(&self, server: &Target, message: &[u8], tls: &Arc<ClientConfig>) -> Run {
+        let before = server.pid.map(cpu_seconds);
+        let mut run = if self.tls {
+            tls_load(server.addr, self.sessions, self.messages, message, tls)
+        } else {
+            load(server.addr, self.sessions, self.messages, message)
+        };
+        if let (Some(pid), Some(before)) = (server.pid, before) {
+            let messages = (self.sessions * self.messages) as f64;
+            run.cpu = Some((cpu_seconds(pid) - before) * 1000.0 / messages);
+        }
+        run
+    }
+}
+
+/// One self-signed certificate (rcgen, ECDSA P-256) in PEM files for both servers, and a TLS
+/// client that trusts only it, makes full handshakes (no resumption) and prefers TLS 1.3.
+struct Certificate {
+    cert: PathBuf,
+    key: PathBuf,
+    client: Arc<ClientConfig>,
+}
+
+impl Certificate {
+    fn write(dir: &Path) -> Certificate {
+        let certified =
+            rcgen::generate_simple_self_signed(vec![CERT_NAME.to_string()]).expect("certificate");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        fs::write(&cert, certified.cert.pem()).expect("write cert.pem");
+        fs::write(&key, certified.signing_key.serialize_pem()).expect("write key.pem");
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(certified.cert.der().clone())
+            .expect("trust the certificate");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.resumption = Resumption::disabled();
+        Certificate {
+            cert,
+            key,
+            client: Arc::new(client),
+        }
+    }
+
+    /// The same certificate for Postfix's smtpd, STARTTLS offered and optional.
+    fn postfix_cf(&self) -> String {
+        format!(
+            "smtpd_tls_cert_file = {}\n\
+             smtpd_tls_key_file = {}\n\
+             smtpd_tls_security_level = may\n",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
 }
 
 const HOLD: &str =
@@ -274,22 +430,58 @@ fn wait_for_port(addr: SocketAddr) {
     }
 }
 
-struct Session {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
+/// An SMTP client session over plain TCP or, after STARTTLS, TLS.
+struct Session<S: Read + Write = TcpStream> {
+    conn: BufReader<S>,
 }
 
 impl Session {
+    /// Connects, reads the greeting and says EHLO.
     fn open(addr: SocketAddr) -> Session {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(Duration::from_secs(60))).ok();
         let _ = stream.set_nodelay(true);
-        let reader = BufReader::new(stream.try_clone().expect("clone stream"));
-        let mut s = Session { stream, reader };
+        let mut s = Session {
+            conn: BufReader::new(stream),
+        };
         s.expect(b'2');
-        s.stream.write_all(b"EHLO client.test\r\n").expect("write");
-        s.expect(b'2');
+        s.ehlo();
         s
+    }
+
+    /// STARTTLS, then EHLO over TLS (the handshake happens on its first write).
+    fn starttls(
+        mut self,
+        tls: &Arc<ClientConfig>,
+    ) -> Session<StreamOwned<ClientConnection, TcpStream>> {
+        self.write(b"STARTTLS\r\n");
+        self.expect(b'2');
+        assert!(
+            self.conn.buffer().is_empty(),
+            "server sent more than its STARTTLS reply"
+        );
+        let name = ServerName::try_from(CERT_NAME).expect("server name");
+        let client = ClientConnection::new(Arc::clone(tls), name).expect("TLS client");
+        let mut s = Session {
+            conn: BufReader::new(StreamOwned::new(client, self.conn.into_inner())),
+        };
+        s.ehlo();
+        let version = s.conn.get_ref().conn.protocol_version();
+        assert_eq!(version, Some(ProtocolVersion::TLSv1_3), "TLS version");
+        s
+    }
+}
+
+impl<S: Read + Write> Session<S> {
+    fn write(&mut self, bytes: &[u8]) {
+        let stream = self.conn.get_mut();
+        stream.write_all(bytes).expect("write");
+        stream.flush().expect("flush");
+    }
+
+    fn ehlo(&mut self) {
+        self.write(b"EHLO client.test\r\n");
+        self.expect(b'2');
     }
 
     /// Reads one reply and checks its first digit.
@@ -297,7 +489,7 @@ impl Session {
         let mut line = String::new();
         loop {
             line.clear();
-            let n = self.reader.read_line(&mut line).expect("read reply");
+            let n = self.conn.read_line(&mut line).expect("read reply");
             assert!(n > 0, "server closed the connection");
             if line.as_bytes().get(3) != Some(&b'-') {
                 break;
@@ -307,36 +499,40 @@ impl Session {
     }
 
     fn send(&mut self, message: &[u8]) {
-        self.stream
-            .write_all(
-                b"MAIL FROM:<bench@client.test>\r\nRCPT TO:<someone@remote.test>\r\nDATA\r\n",
-            )
-            .expect("write");
+        self.write(b"MAIL FROM:<bench@client.test>\r\nRCPT TO:<someone@remote.test>\r\nDATA\r\n");
         self.expect(b'2');
         self.expect(b'2');
         self.expect(b'3');
         let mut data = Vec::with_capacity(message.len() + 3);
         data.extend_from_slice(message);
         data.extend_from_slice(b".\r\n");
-        self.stream.write_all(&data).expect("write");
+        self.write(&data);
+        self.expect(b'2');
+    }
+
+    fn quit(mut self) {
+        self.write(b"QUIT\r\n");
         self.expect(b'2');
     }
 }
 
 fn idle_connection(addr: SocketAddr) -> TcpStream {
-    Session::open(addr).stream
+    Session::open(addr).conn.into_inner()
 }
 
 struct Run {
     rate: f64,
     p50: Duration,
     p99: Duration,
+    /// CPU seconds of the server per 1000 messages, where known.
+    cpu: Option<f64>,
 }
 
 impl Run {
-    fn print(&self, sessions: usize, server: &str) {
+    fn print(&self, label: &str, server: &str) {
+        let cpu = self.cpu.map(|c| format!("{c:.2}")).unwrap_or_default();
         println!(
-            "{sessions:>8}  {server:<9}  {:>9.0}  {:>8.2}  {:>8.2}",
+            "{label:>8}  {server:<9}  {:>9.0}  {:>8.2}  {:>8.2}  {cpu:>8}",
             self.rate,
             self.p50.as_secs_f64() * 1e3,
             self.p99.as_secs_f64() * 1e3
@@ -344,28 +540,57 @@ impl Run {
     }
 }
 
+/// `sessions` clients at once, each sending `per_session` messages on one connection.
 fn load(addr: SocketAddr, sessions: usize, per_session: usize, message: &[u8]) -> Run {
-    let (tx, rx) = mpsc::channel();
+    concurrently(sessions, |latencies| {
+        let mut session = Session::open(addr);
+        for _ in 0..per_session {
+            let t = Instant::now();
+            session.send(message);
+            latencies.push(t.elapsed());
+        }
+        session.quit();
+    })
+}
+
+/// `sessions` clients at once, each sending `per_session` messages, every one on a new
+/// connection with STARTTLS; its latency runs from connect to the 250 after the message.
+fn tls_load(
+    addr: SocketAddr,
+    sessions: usize,
+    per_session: usize,
+    message: &[u8],
+    tls: &Arc<ClientConfig>,
+) -> Run {
+    concurrently(sessions, |latencies| {
+        for _ in 0..per_session {
+            let t = Instant::now();
+            let mut session = Session::open(addr).starttls(tls);
+            session.send(message);
+            latencies.push(t.elapsed());
+            session.quit();
+        }
+    })
+}
+
+/// Runs `client` on `sessions` threads at once; each pushes the latency of every message.
+fn concurrently(sessions: usize, client: impl Fn(&mut Vec<Duration>) + Sync) -> Run {
     let start = Instant::now();
-    let workers: Vec<_> = (0..sessions)
-        .map(|_| {
-            let (tx, message) = (tx.clone(), message.to_vec());
-            thread::spawn(move || {
-                let mut session = Session::open(addr);
-                for _ in 0..per_session {
-                    let t = Instant::now();
-                    session.send(&message);
-                    let _ = tx.send(t.elapsed());
-                }
-                let _ = session.stream.write_all(b"QUIT\r\n");
+    let mut latencies: Vec<Duration> = thread::scope(|scope| {
+        let workers: Vec<_> = (0..sessions)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut latencies = Vec::new();
+                    client(&mut latencies);
+                    latencies
+                })
             })
-        })
-        .collect();
-    drop(tx);
-    let mut latencies: Vec<Duration> = rx.iter().collect();
-    for w in workers {
-        w.join().expect("load session failed");
-    }
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("load session failed"))
+            .collect()
+    });
     let elapsed = start.elapsed();
     latencies.sort();
     let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
@@ -373,7 +598,61 @@ fn load(addr: SocketAddr, sessions: usize, per_session: usize, message: &[u8]) -
         rate: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: pick(0.50),
         p99: pick(0.99),
+        cpu: None,
     }
+}
+
+/// CPU seconds (user + system) spent so far by process `pid` and its descendants: the live
+/// ones from their /proc/PID/stat, those gone (and reaped) in their parents' cutime + cstime.
+fn cpu_seconds(pid: u32) -> f64 {
+    // (pid, parent, ticks) of every process.
+    let mut processes = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(p) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The fields after the command name, which is in parentheses and may hold anything.
+        let Some((_, fields)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<u64> = fields
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        // Fields 4 (ppid) and 14 to 17 (utime, stime, cutime, cstime) of proc(5).
+        if let Some(times) = fields.get(10..14) {
+            processes.push((p, fields[0], times.iter().sum::<u64>()));
+        }
+    }
+    let (mut pending, mut ticks) = (vec![u64::from(pid)], 0);
+    while let Some(parent) = pending.pop() {
+        for &(p, ppid, t) in &processes {
+            if p == parent {
+                ticks += t;
+            }
+            if ppid == parent {
+                pending.push(p);
+            }
+        }
+    }
+    ticks as f64 / clock_ticks()
+}
+
+/// Clock ticks per second, the unit of /proc/PID/stat times.
+fn clock_ticks() -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 struct Postilion {
@@ -419,6 +698,8 @@ impl Drop for Postilion {
 struct Postfix {
     config: PathBuf,
     addr: SocketAddr,
+    /// The master process, parent of smtpd, cleanup, qmgr and the others.
+    pid: Option<u32>,
 }
 
 impl Postfix {
@@ -492,7 +773,10 @@ impl Postfix {
             return None;
         }
         wait_for_port(addr);
-        Some(Postfix { config, addr })
+        let pid = fs::read_to_string(dir.join("queue/pid/master.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        Some(Postfix { config, addr, pid })
     }
 }
 
