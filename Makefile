@@ -13,11 +13,14 @@ run:
 	$(CARGO) run --release -- serve
 
 # What the tests need beyond the Rust toolchain: Python 3 for the smtplib client, openssl for
-# s_client against the TLS listeners.
+# s_client against the TLS listeners, testssl.sh (with dig and hexdump) to scan them.
 deps:
 	@missing=""; \
 	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	command -v testssl >/dev/null 2>&1 || missing="$$missing testssl.sh"; \
+	command -v dig >/dev/null 2>&1 || missing="$$missing dnsutils"; \
+	command -v hexdump >/dev/null 2>&1 || missing="$$missing bsdextrautils"; \
 	if [ -n "$$missing" ]; then apt-get update && apt-get install -y $$missing; fi
 
 lint:

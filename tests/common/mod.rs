@@ -6,6 +6,7 @@
 pub mod delivery;
 pub mod dns;
 pub mod sink;
+pub mod tls;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
