@@ -18,7 +18,9 @@ fn priority(level: Level) -> u8 {
 }
 
 pub fn init() {
-    let env = env_logger::Env::default().default_filter_or("info");
+    // rustls warns about every odd handshake, without our connection id: one line of ours
+    // says it instead.
+    let env = env_logger::Env::default().default_filter_or("info,rustls=error");
     let mut builder = env_logger::Builder::from_env(env);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder

@@ -14,6 +14,7 @@ mod log;
 mod server;
 mod smtp;
 mod spool;
+mod stamp;
 mod stream;
 mod tls;
 mod users;
@@ -114,7 +115,7 @@ fn system_hostname() -> String {
 }
 
 fn check_config(args: &[String]) -> ExitCode {
-    match load_config(args) {
+    match load_config(args).and_then(|(raw, config)| check_files(&config).map(|()| (raw, config))) {
         Ok((raw, config)) => {
             print!("{}", raw.effective(&config));
             ExitCode::SUCCESS
@@ -124,6 +125,18 @@ fn check_config(args: &[String]) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The files the configuration names that `serve` would refuse: certificate and key, users.
+fn check_files(config: &Config) -> Result<(), String> {
+    if let Some(files) = &config.tls {
+        tls::ServerTls::load(files, config.submission_tls_tickets)
+            .map_err(|e| format!("TLS: {e}"))?;
+    }
+    if let Some(path) = &config.users_file {
+        users::UsersFile::load(path).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// sysexits.h: the command was used wrongly; the input data was wrong; an I/O or OS error.

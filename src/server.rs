@@ -254,22 +254,26 @@ impl Server {
             return AuthVerdict::Refused;
         };
         let key = limit_key(peer.ip());
-        let now = Instant::now();
-        let recent = |failures: &HashMap<IpAddr, (u32, Instant)>| match failures.get(&key) {
-            Some(&(count, last)) if now.duration_since(last) < AUTH_FAILURE_WINDOW => count,
-            _ => 0,
-        };
-        if self.auth_failures.lock().map_or(0, |f| recent(&f)) >= MAX_AUTH_FAILURES {
-            log::warn!(
-                "c{id} AUTH refused unchecked: too many failures from {}",
-                peer.ip()
-            );
-            return AuthVerdict::Throttled;
-        }
-        let shown = escape_name(name);
         let checked = {
+            // One check at a time, the throttle looked at and a failure counted inside it, so
+            // that clients trying in parallel cannot all pass before the first failure counts.
             let _one_at_a_time = self.verifying.lock();
-            users.get().verify(name, password.0.as_bytes())
+            if self.recent_failures(key) >= MAX_AUTH_FAILURES {
+                log::warn!(
+                    "c{id} AUTH refused unchecked: too many failures from {}",
+                    peer.ip()
+                );
+                return AuthVerdict::Throttled;
+            }
+            let Some(users) = users.get() else {
+                log::error!("c{id} AUTH refused: the users file cannot be read");
+                return AuthVerdict::Unavailable;
+            };
+            let checked = users.verify(name, password.0.as_bytes());
+            if checked.is_none() {
+                self.count_failure(key);
+            }
+            checked
         };
         match checked {
             Some(login) => {
@@ -277,18 +281,37 @@ impl Server {
                 AuthVerdict::Accepted(login)
             }
             None => {
-                if let Ok(mut failures) = self.auth_failures.lock() {
-                    let count = recent(&failures) + 1;
-                    failures.insert(key, (count, now));
-                    if failures.len() > MAX_AUTH_FAILURE_CLIENTS {
-                        failures
-                            .retain(|_, (_, last)| now.duration_since(*last) < AUTH_FAILURE_WINDOW);
-                    }
-                }
+                let shown = escape_name(name);
                 log::warn!("c{id} AUTH failed for '{shown}' from {}", peer.ip());
                 thread::sleep(AUTH_FAILURE_DELAY);
                 AuthVerdict::Refused
             }
+        }
+    }
+
+    /// AUTH failures from `key` within the window.
+    fn recent_failures(&self, key: IpAddr) -> u32 {
+        let Ok(failures) = self.auth_failures.lock() else {
+            return 0;
+        };
+        match failures.get(&key) {
+            Some(&(count, last)) if last.elapsed() < AUTH_FAILURE_WINDOW => count,
+            _ => 0,
+        }
+    }
+
+    fn count_failure(&self, key: IpAddr) {
+        let count = self.recent_failures(key) + 1;
+        let Ok(mut failures) = self.auth_failures.lock() else {
+            return;
+        };
+        failures.insert(key, (count, Instant::now()));
+        if failures.len() > MAX_AUTH_FAILURE_CLIENTS {
+            failures.retain(|_, (_, last)| last.elapsed() < AUTH_FAILURE_WINDOW);
+        }
+        if failures.len() > MAX_AUTH_FAILURE_CLIENTS {
+            // A flood from very many addresses: forget rather than grow.
+            failures.clear();
         }
     }
 
@@ -298,7 +321,7 @@ impl Server {
             return Err(io::Error::other("no certificate configured"));
         };
         let connection = tls.accept(role).map_err(io::Error::other)?;
-        let agreed = stream.start_tls(connection)?;
+        let agreed = stream.start_tls(connection, self.config.command_timeout)?;
         log::info!("c{id} TLS established: {agreed}");
         Ok(agreed)
     }

@@ -10,16 +10,16 @@
 //! servers abort STARTTLS when they get one and never fall back to plaintext.
 
 use std::fmt;
-use std::fs;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
+use rustls::server::ServerSessionMemoryCache;
 use rustls::{ServerConfig, ServerConnection};
 
 use crate::config::{Role, TlsFiles};
+use crate::stamp::Stamp;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -113,9 +113,6 @@ struct Loaded {
     submission: Arc<ServerConfig>,
 }
 
-/// The files' modification times: a change means "read them again".
-type Stamp = (Option<SystemTime>, Option<SystemTime>);
-
 impl ServerTls {
     /// Reads the certificate and key; an error (a missing file, a key that does not match)
     /// names the file.
@@ -142,7 +139,8 @@ impl ServerTls {
                 return Err("TLS configuration unavailable".into());
             };
             let now = stamp(&self.files);
-            if now != loaded.stamp {
+            // A renewal still being written is read once it has settled.
+            if now != loaded.stamp && now.settled() {
                 loaded.stamp = now;
                 match server_configs(&self.files, self.submission_tickets) {
                     Ok((smtp, submission)) => {
@@ -163,8 +161,7 @@ impl ServerTls {
 }
 
 fn stamp(files: &TlsFiles) -> Stamp {
-    let modified = |path| fs::metadata(path).and_then(|m| m.modified()).ok();
-    (modified(&files.cert), modified(&files.key))
+    Stamp::of(&[&files.cert, &files.key])
 }
 
 /// The smtp role's configuration (no session tickets) and the submission roles'.
@@ -189,6 +186,8 @@ fn server_configs(
         .with_single_cert(chain, key)
         .map_err(|e| format!("{} and {}: {e}", cert.display(), files.key.display()))?;
     let mut submission = smtp.clone();
+    // Sessions of one role never resume on another.
+    submission.session_storage = ServerSessionMemoryCache::new(256);
     smtp.send_tls13_tickets = 0;
     if !submission_tickets {
         submission.send_tls13_tickets = 0;

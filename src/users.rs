@@ -38,13 +38,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use argon2::password_hash;
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
 use sha_crypt::ShaCrypt;
 
 use crate::smtp::address::{self, Mailbox};
+use crate::stamp::Stamp;
 
 /// The argon2id cost of the hashes `postilion passwd` makes: 19 MiB of memory, two passes,
 /// one lane (OWASP's minimum for argon2id, and the `argon2` crate's default).
@@ -104,9 +104,14 @@ impl Login {
     /// local domain and for the addresses listed for it; case never matters, and a quoted
     /// local part counts as its unquoted form.
     pub fn may_send_as(&self, sender: &Mailbox, local_domains: &[String]) -> bool {
-        let local = sender.local_unquoted().to_lowercase();
-        let domain = sender.domain.to_lowercase();
-        if local == self.name && local_domains.iter().any(|d| d.to_lowercase() == domain) {
+        // ASCII case only: a Kelvin sign is not a K.
+        let local = sender.local_unquoted().to_ascii_lowercase();
+        let domain = sender.domain.to_ascii_lowercase();
+        if local == self.name
+            && local_domains
+                .iter()
+                .any(|d| d.to_ascii_lowercase() == domain)
+        {
             return true;
         }
         let address = format!("{local}@{domain}");
@@ -177,49 +182,47 @@ impl Users {
 }
 
 /// Never shows a hash.
-/// The users file as it is now: re-read when it changes, so adding a user needs no restart;
-/// a file that turns bad keeps the last good table in use, with a log line.
+/// The users file as it is now: re-read when it changes, so adding a user needs no restart.
+/// A re-read that fails leaves no users until the file is fixed (a typo on one line must not
+/// keep a user that was just removed); that is logged once per change.
 pub struct UsersFile {
     path: PathBuf,
-    loaded: Mutex<(Option<SystemTime>, Arc<Users>)>,
+    loaded: Mutex<(Stamp, Option<Arc<Users>>)>,
 }
 
 impl UsersFile {
     pub fn load(path: &Path) -> Result<UsersFile, UsersError> {
-        let stamp = modified(path);
+        let stamp = Stamp::of(&[path]);
         let users = Users::load(path)?;
         Ok(UsersFile {
             path: path.into(),
-            loaded: Mutex::new((stamp, Arc::new(users))),
+            loaded: Mutex::new((stamp, Some(Arc::new(users)))),
         })
     }
 
-    /// The users, read again first if the file changed.
-    pub fn get(&self) -> Arc<Users> {
-        let Ok(mut loaded) = self.loaded.lock() else {
-            return Arc::new(Users::default());
-        };
-        let stamp = modified(&self.path);
-        if stamp != loaded.0 {
+    /// The users, read again first if the file changed; `None` while it cannot be used.
+    pub fn get(&self) -> Option<Arc<Users>> {
+        let mut loaded = self.loaded.lock().ok()?;
+        let stamp = Stamp::of(&[&self.path]);
+        if stamp != loaded.0 && stamp.settled() {
             loaded.0 = stamp;
-            match Users::load(&self.path) {
+            loaded.1 = match Users::load(&self.path) {
                 Ok(users) => {
                     log::info!(
                         "users re-read from {}: {} users",
                         self.path.display(),
                         users.len()
                     );
-                    loaded.1 = Arc::new(users);
+                    Some(Arc::new(users))
                 }
-                Err(e) => log::error!("users file not re-read, the old one serves: {e}"),
-            }
+                Err(e) => {
+                    log::error!("users file cannot be used, AUTH refused until it is fixed: {e}");
+                    None
+                }
+            };
         }
-        Arc::clone(&loaded.1)
+        loaded.1.clone()
     }
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 impl fmt::Debug for Users {

@@ -512,7 +512,6 @@ s.quit()
 /// attempt already waiting has passed: all twenty get 535, and a client gets up to
 /// `max_connections_per_ip` (50) guesses a burst instead of 10.
 #[test]
-#[ignore = "bug: concurrent AUTH attempts from one address are all checked (count taken before verify, failure added after)"]
 fn concurrent_wrong_passwords_from_one_address_get_no_more_than_ten_checks() {
     let (server, _, _) = tls_server("throttle-race");
     let out = smtplib(

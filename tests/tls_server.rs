@@ -9,7 +9,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::tls::{command, handshake, reply, starttls, tls_server, write_certificate};
+use common::tls::{
+    command, handshake, reply, starttls, tls_server, try_starttls, write_certificate,
+};
 use common::{queue_id, wait_until, DEADLINE};
 
 #[test]
@@ -186,21 +188,15 @@ fn a_replaced_certificate_serves_new_connections_and_a_session_in_progress_finis
     let (server, _, old) = tls_server("renewal");
     let mut in_progress = starttls(server.addr, &old);
     assert!(command(&mut in_progress, "EHLO c.test").starts_with("250-"));
-    // certbot renews: new files in place.
+    // certbot renews: new files in place. Once they have settled (two seconds), new
+    // connections get the new certificate and no longer the old one.
     let new = write_certificate(&server.dir, "mx.test");
-    let tcp = TcpStream::connect(server.addr).unwrap();
-    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut fresh = starttls(server.addr, &new);
-    assert!(command(&mut fresh, "EHLO c.test").starts_with("250-"));
+    wait_until("the renewed certificate served", || {
+        try_starttls(server.addr, &new).is_ok()
+    });
     server.wait_for_log("TLS certificate re-read");
-    // The old certificate no longer serves new connections.
-    let mut plain = BufReader::new(tcp.try_clone().unwrap());
-    reply(&mut plain);
-    (&tcp).write_all(b"EHLO c.test\r\nSTARTTLS\r\n").unwrap();
-    reply(&mut plain);
-    reply(&mut plain);
     assert!(
-        handshake(tcp, &old).is_err(),
+        try_starttls(server.addr, &old).is_err(),
         "the old certificate still served"
     );
     // The session that began before the renewal goes on to the end.
@@ -211,4 +207,32 @@ fn a_replaced_certificate_serves_new_connections_and_a_session_in_progress_finis
         &mut in_progress,
         "Subject: x\r\n\r\nstill here\r\n.",
     ));
+}
+
+#[test]
+fn a_client_trickling_its_client_hello_is_cut_off_at_the_handshake_deadline() {
+    let (server, submissions, _) =
+        common::tls::tls_server_with("trickle-hello", &["--command-timeout", "2s"]);
+    let start = std::time::Instant::now();
+    let mut tcp = TcpStream::connect(submissions).unwrap();
+    // A ClientHello's first bytes, one every 200 ms: each read gets a byte in time. The pause
+    // is the behaviour under test, not a wait for anything; it ends when the server hangs up.
+    let record = [
+        0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    let trickle = std::thread::spawn(move || {
+        for byte in record.iter().cycle() {
+            if tcp.write_all(&[*byte]).is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    });
+    server.wait_for_log("TLS handshake failed: handshake time-out");
+    let took = start.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(6),
+        "cut off only after {took:?}"
+    );
+    trickle.join().unwrap();
 }

@@ -151,6 +151,8 @@ fn parse_mail(arg: &str) -> Result<Command, ParseError> {
                 params.eight_bit = true
             }
             ("SMTPUTF8", None) => params.smtputf8 = true,
+            // RFC 4954 5: a server offering AUTH accepts AUTH= and may ignore it (we do).
+            ("AUTH", Some(_)) => {}
             _ => return Err(unknown()),
         }
     }

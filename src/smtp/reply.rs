@@ -194,6 +194,9 @@ impl Reply {
             "Error: too many failed authentications, try again later",
         )
     }
+    pub fn auth_unavailable() -> Reply {
+        Reply::new(454, "4.7.0", "Temporary authentication failure")
+    }
     pub fn auth_needs_tls() -> Reply {
         Reply::new(
             538,
@@ -333,6 +336,7 @@ mod tests {
             Reply::auth_failed(),
             Reply::auth_throttled(),
             Reply::auth_needs_tls(),
+            Reply::auth_unavailable(),
             Reply::auth_required(),
             Reply::auth_not_enabled(),
             Reply::already_authenticated(),

@@ -58,6 +58,8 @@ pub enum AuthVerdict {
     Refused,
     /// Too many failures from this client lately: not even checked.
     Throttled,
+    /// The users cannot be read now (a users file edited into a bad state).
+    Unavailable,
 }
 
 /// What the caller must do next.
@@ -265,6 +267,7 @@ impl Session {
             }
             AuthVerdict::Refused => self.reply(Reply::auth_failed()),
             AuthVerdict::Throttled => self.reply(Reply::auth_throttled()),
+            AuthVerdict::Unavailable => self.reply(Reply::auth_unavailable()),
         }
     }
 
@@ -392,12 +395,11 @@ impl Session {
 
     /// RFC 4954 4: AUTH lines may be 12288 octets, so may the responses of an exchange.
     fn line_limit(&self, chunk: &[u8]) -> usize {
-        let start = if self.line.is_empty() {
-            chunk
-        } else {
-            &self.line
-        };
-        let is_auth = start.len() >= 5 && start[..5].eq_ignore_ascii_case(b"AUTH ");
+        // The line's first five octets, wherever a read split them.
+        let head: Vec<u8> = self.line.iter().chain(chunk).take(5).copied().collect();
+        let is_auth = head.len() == 5
+            && head[..4].eq_ignore_ascii_case(b"AUTH")
+            && head[4].is_ascii_whitespace();
         match (&self.state, is_auth) {
             (State::Auth(..), _) | (_, true) => MAX_AUTH_LINE,
             _ => MAX_COMMAND_LINE,
@@ -948,17 +950,26 @@ fn refusal(verdict: Verdict) -> Option<Reply> {
 }
 
 /// A command line for logs, with any AUTH initial response masked.
+/// Split on any white space, as the parser does: `AUTH<TAB>PLAIN<TAB>secret` is masked too;
+/// so is a line that looks like a base64 SASL response sent after a refused AUTH.
 fn escape_command(line: &[u8]) -> String {
-    let words: Vec<&[u8]> = line.splitn(3, |&b| b == b' ').collect();
-    match words.as_slice() {
-        [verb, mechanism, _] if verb.eq_ignore_ascii_case(b"AUTH") => {
-            format!(
-                "{} ********",
-                escape(&line[..verb.len() + 1 + mechanism.len()])
-            )
+    let mut words = line
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|w| !w.is_empty());
+    match (words.next(), words.next()) {
+        (Some(verb), mechanism) if verb.eq_ignore_ascii_case(b"AUTH") => {
+            let mechanism = mechanism.map_or(String::new(), |m| escape(&m[..m.len().min(20)]));
+            format!("AUTH {mechanism} ********")
+        }
+        (Some(word), None) if word.len() >= 12 && word.iter().all(|&b| is_base64(b)) => {
+            "(base64 text, not logged)".into()
         }
         _ => escape(line),
     }
+}
+
+fn is_base64(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'='
 }
 
 /// A command line for logs: printable ASCII kept, the rest as `\xNN`, at most 100 bytes shown.

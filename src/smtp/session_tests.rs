@@ -1052,3 +1052,36 @@ fn auth_lines_may_be_long_and_are_never_logged() {
     );
     assert_eq!(s.last_command(), "AUTH PLAIN ********");
 }
+
+#[test]
+fn auth_lines_are_masked_whatever_the_white_space_and_split() {
+    let mut s = session(true);
+    let mut t = Transcript::default();
+    drive(
+        &mut s,
+        b"EHLO c\r\nAUTH\tPLAIN\tAGFsaWNlAHNlY3JldA==\r\n",
+        100,
+        &mut t,
+    );
+    assert_eq!(s.last_command(), "AUTH PLAIN ********");
+    drive(&mut s, b"AGFsaWNlAHNlY3JldA==\r\n", 100, &mut t);
+    assert_eq!(s.last_command(), "(base64 text, not logged)");
+    // An AUTH line split by a read inside its first five octets still gets 12288.
+    let long = format!("TH PLAIN {}\r\n", "A".repeat(2000));
+    let mut s = tls_session(Role::Submission);
+    let mut t = Transcript::default();
+    for piece in ["EHLO c\r\nSTARTTLS\r\n", "EHLO c\r\nAU", &long] {
+        drive(&mut s, piece.as_bytes(), piece.len(), &mut t);
+    }
+    assert_eq!(
+        codes(&t)[3],
+        "501 5.5.2",
+        "read whole, then refused as bad base64"
+    );
+}
+
+#[test]
+fn mail_from_with_an_auth_parameter_is_accepted() {
+    let t = run("EHLO c\r\nMAIL FROM:<a@b.example> AUTH=<>\r\n");
+    assert_eq!(codes(&t)[1], "250 2.1.0");
+}

@@ -117,6 +117,11 @@ pub fn reply(reader: &mut impl BufRead) -> String {
 
 /// Plaintext greeting, EHLO and STARTTLS on `addr`; the TLS stream after the handshake.
 pub fn starttls(addr: SocketAddr, cert: &CertificateDer<'static>) -> BufReader<Tls> {
+    BufReader::new(try_starttls(addr, cert).unwrap())
+}
+
+/// As `starttls`, with the handshake's error (a certificate `cert` does not match).
+pub fn try_starttls(addr: SocketAddr, cert: &CertificateDer<'static>) -> std::io::Result<Tls> {
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut plain = BufReader::new(tcp.try_clone().unwrap());
@@ -125,7 +130,7 @@ pub fn starttls(addr: SocketAddr, cert: &CertificateDer<'static>) -> BufReader<T
     assert!(reply(&mut plain).contains("250 STARTTLS"));
     (&tcp).write_all(b"STARTTLS\r\n").unwrap();
     assert!(reply(&mut plain).starts_with("220 2.0.0 Ready to start TLS"));
-    BufReader::new(handshake(tcp, cert).unwrap())
+    handshake(tcp, cert)
 }
 
 /// Sends one command line over TLS and returns the reply.
