@@ -507,10 +507,8 @@ s.quit()
 }
 
 /// Twenty wrong passwords sent at once from one address: no more than ten may be checked.
-/// `Server::authenticate` compares the failure count with the limit before it waits its turn
-/// for the password check (one at a time), and counts the failure only after it, so every
-/// attempt already waiting has passed: all twenty get 535, and a client gets up to
-/// `max_connections_per_ip` (50) guesses a burst instead of 10.
+/// (Before the throttle was looked at and counted under the one-check lock, all twenty got
+/// 535: a client had `max_connections_per_ip` guesses a burst instead of ten.)
 #[test]
 fn concurrent_wrong_passwords_from_one_address_get_no_more_than_ten_checks() {
     let (server, _, _) = tls_server("throttle-race");
