@@ -59,6 +59,7 @@ pub const KEYS: &[Key] = &[
     Key { name: "smtp_transaction_timeout", default: "30m", help: "time allowed for delivering to one domain, every server tried, connect to last reply (plus 1s per 10 KiB of message)" },
     Key { name: "delay_warning_time", default: "0", help: "warn the sender once when mail has waited this long (0: never)" },
     Key { name: "queue_scan_interval", default: "1m", help: "how often queue/ is scanned for files other programs put there" },
+    Key { name: "shutdown_timeout", default: "30s", help: "on SIGTERM/SIGINT, how long transactions and deliveries in flight may take to finish" },
 ];
 
 #[derive(Debug)]
@@ -91,6 +92,7 @@ pub struct Config {
     /// `None`: no delay warnings.
     pub delay_warning_time: Option<Duration>,
     pub queue_scan_interval: Duration,
+    pub shutdown_timeout: Duration,
     pub smtp_port: u16,
     pub dns_server: Option<SocketAddr>,
     pub smtp_tls: TlsMode,
@@ -357,6 +359,7 @@ impl RawConfig {
                 _ => duration(v).map(Some),
             })?,
             queue_scan_interval: self.get("queue_scan_interval", duration)?,
+            shutdown_timeout: self.get("shutdown_timeout", duration)?,
             smtp_port: self.get("smtp_port", |v| match v.parse::<u16>() {
                 Ok(port) if port > 0 => Ok(port),
                 _ => Err(format!("'{v}' is not a port number")),

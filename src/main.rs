@@ -23,8 +23,11 @@ use std::io::{BufRead, Read};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Instant;
 
 use config::{Config, RawConfig, KEYS};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -200,16 +203,28 @@ fn passwd(args: &[String]) -> ExitCode {
 }
 
 fn serve(args: &[String]) -> ExitCode {
-    let config = match load_config(args) {
-        Ok((_, config)) => Arc::new(config),
+    let (raw, config) = match load_config(args) {
+        Ok((raw, config)) => (raw, Arc::new(config)),
         Err(e) => {
             eprintln!("postilion: {e}");
             return ExitCode::from(2);
         }
     };
     log::init();
-    match start(config) {
-        Ok(()) => ExitCode::SUCCESS,
+    // Caught from the start: a stop asked for while starting is a stop.
+    let signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            ::log::error!("cannot start: signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match start(Arc::clone(&config)) {
+        Ok((server, delivery)) => {
+            wait_for_stop(signals, args, &raw.effective(&config));
+            stop(&config, &server, delivery);
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             ::log::error!("cannot start: {e}");
             ExitCode::FAILURE
@@ -217,7 +232,52 @@ fn serve(args: &[String]) -> ExitCode {
     }
 }
 
-fn start(config: Arc<Config>) -> Result<(), String> {
+/// Serves until SIGTERM or SIGINT; at SIGHUP reads the configuration again and says what it
+/// cannot apply (aliases, users and certificates are re-read whenever they change anyway).
+fn wait_for_stop(mut signals: Signals, args: &[String], running: &str) {
+    for signal in signals.forever() {
+        if signal != SIGHUP {
+            return;
+        }
+        match load_config(args) {
+            Ok((raw, config)) => {
+                let (old, new) = (running, raw.effective(&config));
+                let changed: Vec<&str> = new
+                    .lines()
+                    .filter(|line| !old.lines().any(|o| o == *line))
+                    .filter_map(|line| line.split(" = ").next())
+                    .collect();
+                match changed.is_empty() {
+                    true => ::log::info!(
+                        "SIGHUP: configuration unchanged; aliases, users and certificates are \
+                         re-read when their files change"
+                    ),
+                    false => ::log::warn!(
+                        "SIGHUP: changed keys need a restart to take effect: {}",
+                        changed.join(", ")
+                    ),
+                }
+            }
+            Err(e) => ::log::error!("SIGHUP: configuration not re-read: {e}"),
+        }
+    }
+}
+
+/// Stops taking mail, lets what is in flight finish within `shutdown_timeout`, and says so.
+fn stop(config: &Config, server: &server::Server, delivery: delivery::Delivery) {
+    let deadline = Instant::now() + config.shutdown_timeout;
+    ::log::info!(
+        "stopping: no new mail taken, {} s for what is in flight",
+        config.shutdown_timeout.as_secs()
+    );
+    let sessions = server.shut_down(deadline);
+    let deliveries = delivery.stop(deadline);
+    ::log::info!(
+        "stopped ({sessions} sessions and {deliveries} deliveries cut off at the deadline)"
+    );
+}
+
+fn start(config: Arc<Config>) -> Result<(Arc<server::Server>, delivery::Delivery), String> {
     let spool = Arc::new(spool::Spool::open(&config.spool).map_err(|e| e.to_string())?);
     let recovery = spool.recover().map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&config.mailbox_root)
@@ -247,7 +307,7 @@ fn start(config: Arc<Config>) -> Result<(), String> {
         listeners.push((role, listener));
     }
     let directory = Arc::new(directory);
-    let queued = delivery::start(
+    let delivery = delivery::start(
         Arc::clone(&config),
         Arc::clone(&spool),
         Arc::clone(&directory),
@@ -262,7 +322,17 @@ fn start(config: Arc<Config>) -> Result<(), String> {
         recovery.debris_removed,
         recovery.quarantined
     );
-    let server = server::Server::new(Arc::clone(&config), tls, users, spool, directory, queued);
-    Arc::new(server).run(listeners);
-    Ok(())
+    let queued = delivery.queued.clone();
+    let server = Arc::new(server::Server::new(
+        Arc::clone(&config),
+        tls,
+        users,
+        spool,
+        directory,
+        queued,
+    ));
+    server
+        .run(listeners)
+        .map_err(|e| format!("cannot start a listener thread: {e}"))?;
+    Ok((server, delivery))
 }

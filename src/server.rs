@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,10 @@ const READ_BUFFER: usize = 32 * 1024;
 
 /// Pending connections the kernel may hold while the accept loop catches up.
 const BACKLOG: i32 = 1024;
+/// The longest a read waits before the connection looks whether the server is stopping.
+const TICK: Duration = Duration::from_secs(1);
+/// A zero time-out means "none" to the socket: never ask for less than this.
+const MIN_WAIT: Duration = Duration::from_millis(1);
 /// How long the last bytes to a client may take once its place is given back: the overload
 /// reply, or the final replies of a closed session.
 const PARTING_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -81,6 +85,8 @@ pub struct Server {
     pub queued: Sender<String>,
     limits: Limits,
     next_id: AtomicU64,
+    /// Set once a stop was asked for: when transactions in flight must be over.
+    shutdown: OnceLock<Instant>,
 }
 
 impl Server {
@@ -113,6 +119,7 @@ impl Server {
             max_total: config.max_connections,
             max_per_ip: config.max_connections_per_ip,
             counts: Mutex::new((0, HashMap::new())),
+            released: Condvar::new(),
         };
         Server {
             config,
@@ -126,25 +133,19 @@ impl Server {
             queued,
             limits,
             next_id: AtomicU64::new(1),
+            shutdown: OnceLock::new(),
         }
     }
 
-    /// Accepts on every listener until the process ends.
-    pub fn run(self: Arc<Self>, listeners: Vec<(Role, TcpListener)>) {
-        let mut acceptors = Vec::new();
+    /// Accepts on every listener, each in a thread of its own, until the process ends.
+    pub fn run(self: &Arc<Self>, listeners: Vec<(Role, TcpListener)>) -> io::Result<()> {
         for (role, listener) in listeners {
-            let server = Arc::clone(&self);
-            let spawned = thread::Builder::new()
+            let server = Arc::clone(self);
+            thread::Builder::new()
                 .name("accept".into())
-                .spawn(move || server.accept_loop(role, listener));
-            match spawned {
-                Ok(handle) => acceptors.push(handle),
-                Err(e) => log::error!("cannot start a listener thread: {e}"),
-            }
+                .spawn(move || server.accept_loop(role, listener))?;
         }
-        for handle in acceptors {
-            let _ = handle.join();
-        }
+        Ok(())
     }
 
     fn accept_loop(self: Arc<Self>, role: Role, listener: TcpListener) {
@@ -160,12 +161,25 @@ impl Server {
         }
     }
 
+    /// Stops taking mail: new connections get 421, idle sessions are closed with 421, and
+    /// transactions in flight may finish until `deadline`. Returns once no session is left,
+    /// or at the deadline, with the number of sessions still open.
+    pub fn shut_down(&self, deadline: Instant) -> usize {
+        let _ = self.shutdown.set(deadline);
+        self.limits.drain(deadline)
+    }
+
     fn admit(self: &Arc<Self>, role: Role, mut stream: TcpStream, peer: SocketAddr) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if self.shutdown.get().is_some() {
+            log::info!("c{id} reject: connection from {peer}: shutting down");
+            refuse(&mut stream, Reply::shutting_down());
+            return;
+        }
         let key = limit_key(peer.ip());
         if !self.limits.take(key) {
             log::warn!("c{id} reject: connection from {peer}: too many connections");
-            refuse(&mut stream);
+            refuse(&mut stream, Reply::too_many_connections());
             return;
         }
         let server = Arc::clone(self);
@@ -291,9 +305,11 @@ impl Server {
 
     /// AUTH failures from `key` within the window.
     fn recent_failures(&self, key: IpAddr) -> u32 {
-        let Ok(failures) = self.auth_failures.lock() else {
-            return 0;
-        };
+        // A poisoned lock still counts: the throttle never fails open.
+        let failures = self
+            .auth_failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match failures.get(&key) {
             Some(&(count, last)) if last.elapsed() < AUTH_FAILURE_WINDOW => count,
             _ => 0,
@@ -302,16 +318,17 @@ impl Server {
 
     fn count_failure(&self, key: IpAddr) {
         let count = self.recent_failures(key) + 1;
-        let Ok(mut failures) = self.auth_failures.lock() else {
-            return;
-        };
+        let mut failures = self
+            .auth_failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         failures.insert(key, (count, Instant::now()));
         if failures.len() > MAX_AUTH_FAILURE_CLIENTS {
             failures.retain(|_, (_, last)| last.elapsed() < AUTH_FAILURE_WINDOW);
         }
         if failures.len() > MAX_AUTH_FAILURE_CLIENTS {
-            // A flood from very many addresses: forget rather than grow.
-            failures.clear();
+            // A flood from very many addresses: forget all but the clients being throttled.
+            failures.retain(|_, (count, _)| *count >= MAX_AUTH_FAILURES);
         }
     }
 
@@ -335,10 +352,10 @@ fn escape_name(name: &str) -> String {
         .collect()
 }
 
-/// Writes the overload reply without blocking the accept loop for long.
-fn refuse(stream: &mut TcpStream) {
+/// Writes a refusal (overload, shutdown) without blocking the accept loop for long.
+fn refuse(stream: &mut TcpStream, reply: Reply) {
     let mut out = Vec::new();
-    Reply::too_many_connections().write_to(&mut out);
+    reply.write_to(&mut out);
     let _ = stream.set_write_timeout(Some(PARTING_WRITE_TIMEOUT));
     let _ = stream.write_all(&out);
 }
@@ -358,6 +375,8 @@ struct Limits {
     max_total: usize,
     max_per_ip: usize,
     counts: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    /// Told whenever a place is given back (a shutdown waits for none to be left).
+    released: Condvar,
 }
 
 impl Limits {
@@ -387,6 +406,25 @@ impl Limits {
                 }
             }
         }
+        self.released.notify_all();
+    }
+
+    /// Waits until no connection is left or `deadline` passes; says how many are left.
+    fn drain(&self, deadline: Instant) -> usize {
+        let Ok(mut counts) = self.counts.lock() else {
+            return 0;
+        };
+        while counts.0 > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.released.wait_timeout(counts, left) {
+                Ok((guard, _)) => counts = guard,
+                Err(_) => return 0,
+            }
+        }
+        counts.0
     }
 }
 
@@ -440,6 +478,8 @@ impl Connection<'_> {
     /// Serves until the session closes or the socket fails; says how it ended.
     fn run(&mut self) -> String {
         let mut buf = vec![0u8; READ_BUFFER];
+        // When the client last sent something: the RFC 5321 timeouts count from there.
+        let mut heard = Instant::now();
         loop {
             if let Err(end) = self.carry_out() {
                 return end;
@@ -451,9 +491,26 @@ impl Connection<'_> {
                 Timeout::Command => self.server.config.command_timeout,
                 Timeout::Data => self.server.config.data_timeout,
             };
-            let _ = self.stream.tcp().set_read_timeout(Some(timeout));
+            if let Some(&deadline) = self.server.shutdown.get() {
+                // Stopping: an idle session ends now, one in a transaction at the deadline.
+                if !self.session.in_transaction() || Instant::now() >= deadline {
+                    self.note_lost("shutting down");
+                    self.session.handle_shutdown();
+                    continue;
+                }
+            }
+            // Reads wake up at least every second, to notice a stop.
+            let left = timeout.saturating_sub(heard.elapsed());
+            let _ = self
+                .stream
+                .tcp()
+                .set_read_timeout(Some(left.clamp(MIN_WAIT, TICK)));
             let _ = self.stream.tcp().set_write_timeout(Some(timeout));
-            match self.stream.read(&mut buf) {
+            let read = self.stream.read(&mut buf);
+            if read.is_ok() {
+                heard = Instant::now();
+            }
+            match read {
                 Ok(0) => {
                     self.note_lost("client closed the connection");
                     self.session.handle_eof();
@@ -467,6 +524,11 @@ impl Connection<'_> {
                         }
                     }
                 }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) && heard.elapsed() < timeout => {}
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -654,6 +716,7 @@ mod tests {
             max_total: 2,
             max_per_ip: 1,
             counts: Mutex::new((0, HashMap::new())),
+            released: Condvar::new(),
         };
         let client = key("192.0.2.1");
         assert!(limits.take(client));

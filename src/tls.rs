@@ -19,7 +19,7 @@ use rustls::server::ServerSessionMemoryCache;
 use rustls::{ServerConfig, ServerConnection};
 
 use crate::config::{Role, TlsFiles};
-use crate::stamp::Stamp;
+use crate::stamp::Watch;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -108,7 +108,7 @@ pub struct ServerTls {
 }
 
 struct Loaded {
-    stamp: Stamp,
+    watch: Watch,
     smtp: Arc<ServerConfig>,
     submission: Arc<ServerConfig>,
 }
@@ -117,13 +117,13 @@ impl ServerTls {
     /// Reads the certificate and key; an error (a missing file, a key that does not match)
     /// names the file.
     pub fn load(files: &TlsFiles, submission_tickets: bool) -> Result<ServerTls, String> {
-        let stamp = stamp(files);
+        let watch = Watch::new(&[&files.cert, &files.key]);
         let (smtp, submission) = server_configs(files, submission_tickets)?;
         Ok(ServerTls {
             files: files.clone(),
             submission_tickets,
             loaded: Mutex::new(Loaded {
-                stamp,
+                watch,
                 smtp,
                 submission,
             }),
@@ -138,17 +138,19 @@ impl ServerTls {
             let Ok(mut loaded) = self.loaded.lock() else {
                 return Err("TLS configuration unavailable".into());
             };
-            let now = stamp(&self.files);
-            // A renewal still being written is read once it has settled.
-            if now != loaded.stamp && now.settled() {
-                loaded.stamp = now;
+            if let Some(stamp) = loaded.watch.due() {
                 match server_configs(&self.files, self.submission_tickets) {
                     Ok((smtp, submission)) => {
                         loaded.smtp = smtp;
                         loaded.submission = submission;
+                        loaded.watch.read_well(stamp);
                         log::info!("TLS certificate re-read from {}", self.files.cert.display());
                     }
-                    Err(e) => log::error!("TLS certificate not re-read, the old one serves: {e}"),
+                    Err(e) => {
+                        if loaded.watch.read_failed(stamp) {
+                            log::error!("TLS certificate not re-read, the old one serves: {e}");
+                        }
+                    }
                 }
             }
             match role {
@@ -158,10 +160,6 @@ impl ServerTls {
         };
         ServerConnection::new(config).map_err(|e| e.to_string())
     }
-}
-
-fn stamp(files: &TlsFiles) -> Stamp {
-    Stamp::of(&[&files.cert, &files.key])
 }
 
 /// The smtp role's configuration (no session tickets) and the submission roles'.

@@ -44,7 +44,7 @@ use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVe
 use sha_crypt::ShaCrypt;
 
 use crate::smtp::address::{self, Mailbox};
-use crate::stamp::Stamp;
+use crate::stamp::Watch;
 
 /// The argon2id cost of the hashes `postilion passwd` makes: 19 MiB of memory, two passes,
 /// one lane (OWASP's minimum for argon2id, and the `argon2` crate's default).
@@ -187,39 +187,40 @@ impl Users {
 /// keep a user that was just removed); that is logged once per change.
 pub struct UsersFile {
     path: PathBuf,
-    loaded: Mutex<(Stamp, Option<Arc<Users>>)>,
+    loaded: Mutex<(Watch, Option<Arc<Users>>)>,
 }
 
 impl UsersFile {
     pub fn load(path: &Path) -> Result<UsersFile, UsersError> {
-        let stamp = Stamp::of(&[path]);
+        let watch = Watch::new(&[path]);
         let users = Users::load(path)?;
         Ok(UsersFile {
             path: path.into(),
-            loaded: Mutex::new((stamp, Some(Arc::new(users)))),
+            loaded: Mutex::new((watch, Some(Arc::new(users)))),
         })
     }
 
     /// The users, read again first if the file changed; `None` while it cannot be used.
     pub fn get(&self) -> Option<Arc<Users>> {
         let mut loaded = self.loaded.lock().ok()?;
-        let stamp = Stamp::of(&[&self.path]);
-        if stamp != loaded.0 && stamp.settled() {
-            loaded.0 = stamp;
-            loaded.1 = match Users::load(&self.path) {
+        if let Some(stamp) = loaded.0.due() {
+            match Users::load(&self.path) {
                 Ok(users) => {
                     log::info!(
                         "users re-read from {}: {} users",
                         self.path.display(),
                         users.len()
                     );
-                    Some(Arc::new(users))
+                    loaded.0.read_well(stamp);
+                    loaded.1 = Some(Arc::new(users));
                 }
                 Err(e) => {
-                    log::error!("users file cannot be used, AUTH refused until it is fixed: {e}");
-                    None
+                    if loaded.0.read_failed(stamp) {
+                        log::error!("users file cannot be used, AUTH refused until it is: {e}");
+                    }
+                    loaded.1 = None;
                 }
-            };
+            }
         }
         loaded.1.clone()
     }
@@ -278,8 +279,8 @@ fn parse_addresses(list: &str) -> Result<Vec<String>, LineProblem> {
         .map(|item| match address::parse_mailbox(item) {
             Ok(mailbox) => Ok(format!(
                 "{}@{}",
-                mailbox.local_unquoted().to_lowercase(),
-                mailbox.domain.to_lowercase()
+                mailbox.local_unquoted().to_ascii_lowercase(),
+                mailbox.domain.to_ascii_lowercase()
             )),
             Err(_) => Err(LineProblem::BadAddress(item.to_string())),
         })

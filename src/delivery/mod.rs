@@ -21,7 +21,7 @@ pub mod schedule;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
@@ -71,18 +71,50 @@ struct Job<'a> {
     now: u64,
 }
 
-/// Starts the scheduler and the workers with the ids recovered at start; returns the sender
-/// on which sessions announce newly queued messages.
+/// The running delivery side: where sessions announce new mail, and how it stops.
+pub struct Delivery {
+    /// Queue ids of newly committed messages.
+    pub queued: Sender<String>,
+    /// Dropped to stop the scheduler (which then drops the workers' channel).
+    stop: Option<Sender<()>>,
+    workers: Vec<thread::JoinHandle<()>>,
+    context: Option<Arc<Context>>,
+}
+
+impl Delivery {
+    /// Hands out no more work, lets deliveries in progress finish until `deadline`, and
+    /// writes outcomes still held in memory. Says how many deliveries were left running
+    /// (their messages are simply delivered again after the next start).
+    pub fn stop(mut self, deadline: Instant) -> usize {
+        drop(self.stop.take());
+        // Polled: a worker may be deep in a remote transaction, with nothing to wake it.
+        while Instant::now() < deadline && self.workers.iter().any(|w| !w.is_finished()) {
+            thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(context) = &self.context {
+            context.write_unsaved();
+        }
+        self.workers.iter().filter(|w| !w.is_finished()).count()
+    }
+}
+
+/// Starts the scheduler and the workers with the ids recovered at start.
 pub fn start(
     config: Arc<Config>,
     spool: Arc<Spool>,
     directory: Arc<Directory>,
     recovered: Vec<String>,
-) -> std::io::Result<Sender<String>> {
+) -> std::io::Result<Delivery> {
     let (queued, queued_rx) = crossbeam_channel::unbounded();
+    let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
     if config.delivery_threads == 0 {
         log::warn!("delivery is paused (delivery_threads = 0): mail waits in queue/");
-        return Ok(queued);
+        return Ok(Delivery {
+            queued,
+            stop: Some(stop),
+            workers: Vec::new(),
+            context: None,
+        });
     }
     let (work, work_rx) = crossbeam_channel::unbounded::<String>();
     let (results, results_rx) = crossbeam_channel::unbounded();
@@ -99,9 +131,10 @@ pub fn start(
         unsaved: Mutex::default(),
         recovered: Mutex::new(recovered.iter().cloned().collect()),
     });
+    let mut workers = Vec::new();
     for n in 0..config.delivery_threads {
         let (context, work_rx, results) = (Arc::clone(&context), work_rx.clone(), results.clone());
-        thread::Builder::new()
+        let worker = thread::Builder::new()
             .name(format!("delivery-{n}"))
             .spawn(move || {
                 let mut worker = Worker {
@@ -114,6 +147,7 @@ pub fn start(
                     let _ = results.send((id, next));
                 }
             })?;
+        workers.push(worker);
     }
     for id in recovered {
         let _ = queued.send(id);
@@ -121,8 +155,13 @@ pub fn start(
     let scan_context = Arc::clone(&context);
     thread::Builder::new()
         .name("scheduler".into())
-        .spawn(move || scheduler(&scan_context, queued_rx, results_rx, work))?;
-    Ok(queued)
+        .spawn(move || scheduler(&scan_context, queued_rx, results_rx, stop_rx, work))?;
+    Ok(Delivery {
+        queued,
+        stop: Some(stop),
+        workers,
+        context: Some(context),
+    })
 }
 
 fn seed(n: u64) -> u64 {
@@ -147,6 +186,7 @@ fn scheduler(
     context: &Context,
     queued: Receiver<String>,
     results: Receiver<(String, Option<u64>)>,
+    stop: Receiver<()>,
     work: Sender<String>,
 ) {
     let mut schedule = Schedule::default();
@@ -187,6 +227,8 @@ fn scheduler(
                     schedule.finished(&id, next, datetime::now());
                 }
             }
+            // Stopping: dropping `work` ends each worker after its current message.
+            recv(stop) -> _ => return,
             default(timeout) => {}
         }
     }
@@ -336,6 +378,23 @@ impl Context {
                     job.id
                 );
                 false
+            }
+        }
+    }
+
+    /// Writes the envelopes held in memory (at a stop); those the spool still refuses are
+    /// named, since their outcomes are lost with this process.
+    fn write_unsaved(&self) {
+        let Ok(mut unsaved) = self.unsaved.lock() else {
+            return;
+        };
+        for (id, env) in unsaved.drain() {
+            match self.spool.update(&id, &env) {
+                Ok(()) => log::info!("{id}: delivery state recorded at stop"),
+                Err(e) => log::error!(
+                    "{id}: delivery state lost at stop, recipients already done may get the \
+                     message again: {e}"
+                ),
             }
         }
     }

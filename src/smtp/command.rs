@@ -69,6 +69,19 @@ pub enum ParseError {
 const NOT_IMPLEMENTED: &[&str] = &["EXPN", "TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML"];
 const HTTP_VERBS: &[&str] = &["GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS"];
 
+/// A verb this server knows (or knows to refuse), in any case.
+pub fn is_verb(word: &[u8]) -> bool {
+    const VERBS: &[&str] = &[
+        "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "HELP", "VRFY",
+        "STARTTLS", "AUTH",
+    ];
+    VERBS
+        .iter()
+        .chain(NOT_IMPLEMENTED)
+        .chain(HTTP_VERBS)
+        .any(|verb| word.eq_ignore_ascii_case(verb.as_bytes()))
+}
+
 /// Parses one command line; `line` has no CR LF.
 pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
     let line = std::str::from_utf8(line).map_err(|_| ParseError::Unknown)?;

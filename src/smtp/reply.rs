@@ -67,6 +67,9 @@ impl Reply {
     pub fn too_many_connections() -> Reply {
         Reply::new(421, "4.7.0", "Error: too many connections, try again later")
     }
+    pub fn shutting_down() -> Reply {
+        Reply::new(421, "4.3.2", "Service shutting down, try again later")
+    }
     pub fn too_many_errors() -> Reply {
         Reply::new(421, "4.7.0", "Error: too many errors")
     }
@@ -306,6 +309,7 @@ mod tests {
             Reply::closing(),
             Reply::too_many_connections(),
             Reply::too_many_errors(),
+            Reply::shutting_down(),
             Reply::timeout(),
             Reply::ok(),
             Reply::queued("X"),

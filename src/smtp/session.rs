@@ -294,6 +294,21 @@ impl Session {
         self.close();
     }
 
+    /// A transaction is in flight (MAIL given, the message being read or committed, an AUTH
+    /// or TLS exchange under way): a stopping server lets it finish.
+    pub fn in_transaction(&self) -> bool {
+        !matches!(self.state, State::Fresh | State::Ready(_) | State::Closed)
+    }
+
+    /// The server is stopping: `421 4.3.2`, and the connection closes (a message being read
+    /// is thrown away; its client was never told 250 and will send it again).
+    pub fn handle_shutdown(&mut self) {
+        self.abort_message();
+        self.outputs
+            .push_back(Output::Reply(Reply::shutting_down()));
+        self.close();
+    }
+
     /// The client said nothing for the applicable timeout.
     pub fn handle_timeout(&mut self) {
         self.abort_message();
@@ -950,8 +965,10 @@ fn refusal(verdict: Verdict) -> Option<Reply> {
 }
 
 /// A command line for logs, with any AUTH initial response masked.
-/// Split on any white space, as the parser does: `AUTH<TAB>PLAIN<TAB>secret` is masked too;
-/// so is a line that looks like a base64 SASL response sent after a refused AUTH.
+/// A command line for logs. Split on any white space, as the parser does, so that
+/// `AUTH<TAB>PLAIN<TAB>secret` is masked too; a line that is not an SMTP command at all (a
+/// SASL response sent after a refused AUTH, a POP3 `PASS` to the wrong port) shows only its
+/// length, since it may be a password.
 fn escape_command(line: &[u8]) -> String {
     let mut words = line
         .split(|b| b.is_ascii_whitespace())
@@ -961,15 +978,16 @@ fn escape_command(line: &[u8]) -> String {
             let mechanism = mechanism.map_or(String::new(), |m| escape(&m[..m.len().min(20)]));
             format!("AUTH {mechanism} ********")
         }
-        (Some(word), None) if word.len() >= 12 && word.iter().all(|&b| is_base64(b)) => {
-            "(base64 text, not logged)".into()
+        (Some(verb), _) if command::is_verb(verb) => escape(line),
+        // An unknown verb shows if it looks like one, never what follows it.
+        (Some(verb), rest) if verb.len() <= 12 && verb.iter().all(|b| b.is_ascii_uppercase()) => {
+            match rest {
+                None => escape(verb),
+                Some(_) => format!("{} ({} more octets)", escape(verb), line.len() - verb.len()),
+            }
         }
-        _ => escape(line),
+        _ => format!("(not a command, {} octets)", line.len()),
     }
-}
-
-fn is_base64(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'='
 }
 
 /// A command line for logs: printable ASCII kept, the rest as `\xNN`, at most 100 bytes shown.
