@@ -16,6 +16,7 @@ mod smtp;
 mod spool;
 mod stamp;
 mod stream;
+mod systemd;
 mod tls;
 mod users;
 
@@ -263,6 +264,8 @@ fn start(config: Arc<Config>) -> Result<(), String> {
         recovery.quarantined
     );
     let server = server::Server::new(Arc::clone(&config), tls, users, spool, directory, queued);
+    // Listeners bound, spool recovered, delivery running: systemd may start what needs mail.
+    systemd::ready();
     Arc::new(server).run(listeners);
     Ok(())
 }
