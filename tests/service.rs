@@ -1,10 +1,11 @@
 //! Postilion as a service: the systemd unit verifies and agrees with the example
 //! configuration; the daemon tells `NOTIFY_SOCKET` it is ready once listening with its spool
-//! recovered.
+//! recovered; `make install` and `make uninstall` put and remove the right files.
 
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -137,4 +138,119 @@ fn a_notify_socket_nobody_listens_on_costs_a_log_line() {
     let server = start_notified(&dir, &dir.0.join("nobody"));
     server.wait_for_log("cannot tell systemd READY=1 over NOTIFY_SOCKET");
     Client::connect(server.addr).expect("220 ");
+}
+
+/// Runs `make TARGET DESTDIR=... PREFIX=...` in the checkout, with the binary under test
+/// (so nothing is built), and returns what it printed; panics unless it succeeds.
+fn make(target: &str, destdir: &Path, prefix: &str) -> String {
+    let out = Command::new("make")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg(target)
+        .arg(format!("DESTDIR={}", destdir.display()))
+        .arg(format!("PREFIX={prefix}"))
+        .arg(format!("BINARY={BIN}"))
+        // Not the jobserver of a `make test` that runs this.
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .env_remove("MAKELEVEL")
+        .output()
+        .expect("run make");
+    assert!(out.status.success(), "make {target}: {}", text(&out));
+    text(&out)
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// The file a link leads to, both canonical: the links are relative, inside DESTDIR.
+fn leads_to(link: &Path) -> PathBuf {
+    assert!(fs::symlink_metadata(link).unwrap().is_symlink(), "{link:?}");
+    fs::canonicalize(link).unwrap()
+}
+
+#[test]
+fn make_install_and_uninstall() {
+    if Command::new("make").arg("--version").output().is_err() {
+        eprintln!("skipped: no make here");
+        return;
+    }
+    let root = TempDir::new("install");
+    let dest = root.0.join("dest");
+    let printed = make("install", &dest, "/usr/local");
+    assert!(!printed.contains("useradd"), "no user made under DESTDIR");
+
+    let sbin = dest.join("usr/local/sbin/postilion");
+    assert_eq!(fs::read(&sbin).unwrap(), fs::read(BIN).unwrap());
+    assert_eq!(mode(&sbin), 0o755);
+    let binary = fs::canonicalize(&sbin).unwrap();
+    for link in [
+        "usr/local/sbin/sendmail",
+        "usr/local/lib/sendmail",
+        "usr/local/bin/mailq",
+    ] {
+        assert_eq!(leads_to(&dest.join(link)), binary, "{link}");
+    }
+    let unit = dest.join("etc/systemd/system/postilion.service");
+    assert_eq!(
+        fs::read_to_string(&unit).unwrap(),
+        fs::read_to_string(checkout(UNIT)).unwrap(),
+        "PREFIX /usr/local: the unit as it is"
+    );
+    assert_eq!(mode(&unit), 0o644);
+    assert_eq!(
+        fs::read(dest.join("etc/postilion.conf")).unwrap(),
+        fs::read(checkout(EXAMPLE)).unwrap()
+    );
+    for dir in ["var/spool/postilion", "var/mail/postilion"] {
+        assert_eq!(mode(&dest.join(dir)), 0o700, "{dir}");
+    }
+    let out = Command::new(&sbin).arg("--version").output().unwrap();
+    assert!(text(&out).starts_with("postilion "), "{}", text(&out));
+
+    // Another prefix, over a configuration of the operator's and another MTA's sendmail.
+    let other = root.0.join("other");
+    fs::create_dir_all(other.join("etc")).unwrap();
+    fs::write(other.join("etc/postilion.conf"), "# mine\n").unwrap();
+    fs::create_dir_all(other.join("usr/sbin")).unwrap();
+    fs::write(
+        other.join("usr/sbin/sendmail"),
+        "#!/bin/sh\n# another MTA\n",
+    )
+    .unwrap();
+    let printed = make("install", &other, "/usr");
+    assert!(printed.contains("exists: kept"), "{printed}");
+    assert!(printed.contains("sendmail is not a link to postilion: left alone"));
+    let unit = fs::read_to_string(other.join("etc/systemd/system/postilion.service")).unwrap();
+    assert!(unit.contains("\nExecStart=/usr/sbin/postilion serve --config /etc/postilion.conf\n"));
+    assert_eq!(
+        fs::read_to_string(other.join("etc/postilion.conf")).unwrap(),
+        "# mine\n"
+    );
+    assert!(!fs::symlink_metadata(other.join("usr/sbin/sendmail"))
+        .unwrap()
+        .is_symlink());
+    assert!(other.join("usr/bin/mailq").exists());
+
+    // Uninstall removes ours and nothing else.
+    for (dest, prefix) in [(&dest, "usr/local"), (&other, "usr")] {
+        make("uninstall", dest, &format!("/{prefix}"));
+        for gone in [
+            format!("{prefix}/sbin/postilion"),
+            format!("{prefix}/lib/sendmail"),
+            format!("{prefix}/bin/mailq"),
+            "etc/systemd/system/postilion.service".into(),
+        ] {
+            assert!(fs::symlink_metadata(dest.join(&gone)).is_err(), "{gone}");
+        }
+        for kept in [
+            "etc/postilion.conf",
+            "var/spool/postilion",
+            "var/mail/postilion",
+        ] {
+            assert!(dest.join(kept).exists(), "{kept}");
+        }
+    }
+    assert!(fs::symlink_metadata(dest.join("usr/local/sbin/sendmail")).is_err());
+    assert!(other.join("usr/sbin/sendmail").exists(), "another MTA's");
 }
