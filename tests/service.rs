@@ -254,3 +254,65 @@ fn make_install_and_uninstall() {
     assert!(fs::symlink_metadata(dest.join("usr/local/sbin/sendmail")).is_err());
     assert!(other.join("usr/sbin/sendmail").exists(), "another MTA's");
 }
+
+/// As root with no DESTDIR, `make install` also makes the `postilion` user and gives it the
+/// spool and the mailboxes. Run in a private mount namespace over copies of /etc and empty
+/// /usr/local, /var/spool and /var/mail, so this machine keeps its own (root only).
+#[test]
+fn make_install_as_root_makes_the_user_and_gives_it_the_directories() {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let root = status
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let unshare = Command::new("unshare").args(["-m", "true"]).output();
+    if !root || !unshare.is_ok_and(|out| out.status.success()) {
+        eprintln!("skipped: needs root and unshare -m");
+        return;
+    }
+    let dir = TempDir::new("install-root");
+    let script = dir.0.join("inside.sh");
+    fs::write(
+        &script,
+        r#"set -e
+T=$1
+for d in etc usr/local var/spool var/mail; do mkdir -p "$T/$d"; done
+cp -a /etc/. "$T/etc/"
+for d in etc usr/local var/spool var/mail; do mount --bind "$T/$d" "/$d"; done
+make -C "$2" install PREFIX=/usr/local BINARY="$3"
+echo "user: $(grep '^postilion:' /etc/passwd)"
+stat -c 'dir: %n %U:%G %a' /var/spool/postilion /var/mail/postilion
+echo "mine: $(stat -c %U /usr/local/sbin/postilion)"
+"#,
+    )
+    .unwrap();
+    let out = Command::new("unshare")
+        .arg("-m")
+        .arg("sh")
+        .arg(&script)
+        .arg(&dir.0)
+        .arg(env!("CARGO_MANIFEST_DIR"))
+        .arg(BIN)
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .env_remove("MAKELEVEL")
+        .output()
+        .unwrap();
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    let user = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("user: "))
+        .unwrap();
+    assert!(
+        user.ends_with(":/nonexistent:/usr/sbin/nologin"),
+        "a system user without a home or shell: {user}"
+    );
+    for dir in ["/var/spool/postilion", "/var/mail/postilion"] {
+        let line = format!("dir: {dir} postilion:postilion 700");
+        assert!(printed.lines().any(|l| l == line), "{line} in {printed}");
+    }
+    assert!(printed.contains("mine: root\n"), "{printed}");
+    // Written to the copy of /etc, not to this machine's.
+    let copy = fs::read_to_string(dir.0.join("etc/passwd")).unwrap();
+    assert!(copy.lines().any(|l| l == user));
+}
