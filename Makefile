@@ -1,13 +1,18 @@
 # Postilion: `make run` starts a server from the checkout, `make test` runs every test,
-# `make install` puts it on this machine (or under DESTDIR).
+# `make install` puts it on this machine (or under DESTDIR), `make static` builds one static
+# binary.
 CARGO ?= cargo
 PREFIX ?= /usr/local
 DESTDIR ?=
-# What `make install` installs.
+# What `make install` installs (`make static` makes $(STATIC)).
 BINARY ?= target/release/postilion
+# The target of `make static`: this machine's (x86_64-unknown-linux-gnu here) by default;
+# README "Embedded" for ARM boards.
+TARGET ?= $(shell rustc -vV | sed -n 's/^host: //p')
+STATIC = target/$(TARGET)/release/postilion
 SOURCES := Cargo.toml Cargo.lock $(shell find src -name '*.rs')
 
-.PHONY: all build run test deps lint bench clean install uninstall
+.PHONY: all build run test deps lint bench clean install uninstall static
 
 all: build
 
@@ -94,6 +99,11 @@ link = if { [ ! -e "$(2)" ] && [ ! -L "$(2)" ]; } || [ "$$(readlink "$(2)")" = "
 	ln -sfn "$(1)" "$(2)" && echo "$(2) -> $(1)"; \
 	else echo "$(2) is not a link to postilion: left alone"; fi
 unlink = if [ "$$(readlink "$(2)")" = "$(1)" ]; then rm -f "$(2)" && echo "rm -f $(2)"; fi
+
+# One statically linked binary (no shared libraries, no NSS), stripped by the release profile.
+static:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(TARGET)
+	@echo "$(STATIC): $$(wc -c < $(STATIC)) bytes ($$(($$(wc -c < $(STATIC)) / 1024)) KiB), stripped"
 
 clean:
 	$(CARGO) clean
