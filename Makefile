@@ -1,11 +1,27 @@
-# Postilion: `make run` starts a server from the checkout, `make test` runs every test.
+# Postilion: `make run` starts a server from the checkout, `make test` runs every test,
+# `make install` puts it on this machine (or under DESTDIR), `make static` builds one static
+# binary.
 CARGO ?= cargo
+PREFIX ?= /usr/local
+DESTDIR ?=
+# What `make install` installs (`make static` makes $(STATIC)).
+BINARY ?= target/release/postilion
+# The target of `make static`: this machine's (x86_64-unknown-linux-gnu here) by default;
+# README "Embedded" for ARM boards.
+TARGET ?= $(shell rustc -vV | sed -n 's/^host: //p')
+STATIC = target/$(TARGET)/release/postilion
+SOURCES := Cargo.toml Cargo.lock $(shell find src -name '*.rs')
 
-.PHONY: all build run test deps lint bench clean
+.PHONY: all build run test deps lint bench clean install uninstall static
 
 all: build
 
 build:
+	$(CARGO) build --release
+
+# For `make install`: built only when missing or older than the sources, so that
+# `make build && sudo make install` does not run cargo as root.
+target/release/postilion: $(SOURCES)
 	$(CARGO) build --release
 
 # Loopback, port 2525, spool ./spool, mailboxes ./mail: no root, no config file.
@@ -33,6 +49,61 @@ test: deps lint
 # Load figures (messages/s, latency, RSS), against Postfix too where it is installed.
 bench:
 	$(CARGO) bench --bench load
+
+# The binary, the sendmail and mailq links (where Debian's programs look for them), the unit
+# (its ExecStart under PREFIX), the example configuration unless there is one, the spool and
+# the mailboxes. As root with no DESTDIR: the `postilion` user too, and the two directories
+# made its own. A sendmail or mailq of another MTA is left alone (and said so).
+install: $(BINARY)
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/bin \
+		$(DESTDIR)/etc/systemd/system
+	install -m 0755 $(BINARY) $(DESTDIR)$(PREFIX)/sbin/postilion
+	@$(call link,postilion,$(DESTDIR)$(PREFIX)/sbin/sendmail)
+	@$(call link,../sbin/postilion,$(DESTDIR)$(PREFIX)/lib/sendmail)
+	@$(call link,../sbin/postilion,$(DESTDIR)$(PREFIX)/bin/mailq)
+	sed 's|^ExecStart=/usr/local/sbin/postilion |ExecStart=$(PREFIX)/sbin/postilion |' \
+		contrib/postilion.service > $(DESTDIR)/etc/systemd/system/postilion.service
+	chmod 0644 $(DESTDIR)/etc/systemd/system/postilion.service
+	@if [ -e $(DESTDIR)/etc/postilion.conf ]; then \
+		echo "$(DESTDIR)/etc/postilion.conf exists: kept"; \
+	else \
+		echo "install -m 0644 contrib/postilion.conf.example $(DESTDIR)/etc/postilion.conf"; \
+		install -m 0644 contrib/postilion.conf.example $(DESTDIR)/etc/postilion.conf; \
+	fi
+	install -d -m 0700 $(DESTDIR)/var/spool/postilion $(DESTDIR)/var/mail/postilion
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then \
+		if ! id -u postilion >/dev/null 2>&1; then \
+			echo "useradd --system postilion"; \
+			useradd --system --user-group --no-create-home --home-dir /nonexistent \
+				--shell /usr/sbin/nologin postilion || exit 1; \
+		fi; \
+		echo "chown postilion:postilion /var/spool/postilion /var/mail/postilion"; \
+		chown postilion:postilion /var/spool/postilion /var/mail/postilion || exit 1; \
+	elif [ -z "$(DESTDIR)" ]; then \
+		echo "not root: create the postilion user and give it the two directories yourself"; \
+	fi
+
+# Removes the binary, the links and the unit; keeps /etc/postilion.conf, the spool, the
+# mailboxes and the postilion user: no make target deletes mail.
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/sbin/postilion $(DESTDIR)/etc/systemd/system/postilion.service
+	@$(call unlink,postilion,$(DESTDIR)$(PREFIX)/sbin/sendmail)
+	@$(call unlink,../sbin/postilion,$(DESTDIR)$(PREFIX)/lib/sendmail)
+	@$(call unlink,../sbin/postilion,$(DESTDIR)$(PREFIX)/bin/mailq)
+	@echo "kept: $(DESTDIR)/etc/postilion.conf, $(DESTDIR)/var/spool/postilion," \
+		"$(DESTDIR)/var/mail/postilion and the postilion user"
+
+# $(call link,TARGET,NAME): NAME becomes a symbolic link to TARGET, unless it is something
+# else already (another MTA's sendmail). $(call unlink,TARGET,NAME) removes only our link.
+link = if { [ ! -e "$(2)" ] && [ ! -L "$(2)" ]; } || [ "$$(readlink "$(2)")" = "$(1)" ]; then \
+	ln -sfn "$(1)" "$(2)" && echo "$(2) -> $(1)"; \
+	else echo "$(2) is not a link to postilion: left alone"; fi
+unlink = if [ "$$(readlink "$(2)")" = "$(1)" ]; then rm -f "$(2)" && echo "rm -f $(2)"; fi
+
+# One statically linked binary (no shared libraries, no NSS), stripped by the release profile.
+static:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(TARGET)
+	@echo "$(STATIC): $$(wc -c < $(STATIC)) bytes ($$(($$(wc -c < $(STATIC)) / 1024)) KiB), stripped"
 
 clean:
 	$(CARGO) clean

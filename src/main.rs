@@ -16,6 +16,7 @@ mod smtp;
 mod spool;
 mod stamp;
 mod stream;
+mod systemd;
 mod tls;
 mod users;
 
@@ -266,6 +267,7 @@ fn wait_for_stop(mut signals: Signals, args: &[String], running: &str) {
 /// Stops taking mail, lets what is in flight finish within `shutdown_timeout`, and says so.
 fn stop(config: &Config, server: &server::Server, delivery: delivery::Delivery) {
     let deadline = Instant::now() + config.shutdown_timeout;
+    systemd::stopping();
     ::log::info!(
         "stopping: no new mail taken, {} s for what is in flight",
         config.shutdown_timeout.as_secs()
@@ -334,5 +336,7 @@ fn start(config: Arc<Config>) -> Result<(Arc<server::Server>, delivery::Delivery
     server
         .run(listeners)
         .map_err(|e| format!("cannot start a listener thread: {e}"))?;
+    // Listeners bound, spool recovered, delivery running: systemd may start what needs mail.
+    systemd::ready();
     Ok((server, delivery))
 }
