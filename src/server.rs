@@ -87,6 +87,8 @@ pub struct Server {
     next_id: AtomicU64,
     /// Set once a stop was asked for: when transactions in flight must be over.
     shutdown: OnceLock<Instant>,
+    /// Connection threads running (a stop waits for their last replies to be written).
+    alive: Alive,
 }
 
 impl Server {
@@ -119,7 +121,6 @@ impl Server {
             max_total: config.max_connections,
             max_per_ip: config.max_connections_per_ip,
             counts: Mutex::new((0, HashMap::new())),
-            released: Condvar::new(),
         };
         Server {
             config,
@@ -134,6 +135,7 @@ impl Server {
             limits,
             next_id: AtomicU64::new(1),
             shutdown: OnceLock::new(),
+            alive: Alive::default(),
         }
     }
 
@@ -168,7 +170,7 @@ impl Server {
         let _ = self.shutdown.set(deadline);
         // Sessions look at the clock every `TICK`: give those cut at the deadline the time
         // to say 421.
-        self.limits.drain(deadline + 2 * TICK)
+        self.alive.wait_for_none(deadline + 2 * TICK)
     }
 
     fn admit(self: &Arc<Self>, role: Role, mut stream: TcpStream, peer: SocketAddr) {
@@ -185,10 +187,12 @@ impl Server {
             return;
         }
         let server = Arc::clone(self);
+        self.alive.enter();
         let spawned = thread::Builder::new()
             .name(format!("smtp-c{id}"))
             .stack_size(STACK_SIZE)
             .spawn(move || {
+                let _alive = Leave(&server.alive);
                 let slot = Slot {
                     limits: &server.limits,
                     key: Some(key),
@@ -197,6 +201,7 @@ impl Server {
             });
         if let Err(e) = spawned {
             log::error!("c{id} cannot start a thread for {peer}: {e}");
+            self.alive.leave();
             self.limits.release(key);
         }
     }
@@ -377,8 +382,6 @@ struct Limits {
     max_total: usize,
     max_per_ip: usize,
     counts: Mutex<(usize, HashMap<IpAddr, usize>)>,
-    /// Told whenever a place is given back (a shutdown waits for none to be left).
-    released: Condvar,
 }
 
 impl Limits {
@@ -408,25 +411,50 @@ impl Limits {
                 }
             }
         }
-        self.released.notify_all();
+    }
+}
+
+/// How many connection threads run, for a stop to wait on.
+#[derive(Default)]
+struct Alive {
+    count: Mutex<usize>,
+    ended: Condvar,
+}
+
+impl Alive {
+    fn enter(&self) {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
     }
 
-    /// Waits until no connection is left or `deadline` passes; says how many are left.
-    fn drain(&self, deadline: Instant) -> usize {
-        let Ok(mut counts) = self.counts.lock() else {
-            return 0;
-        };
-        while counts.0 > 0 {
+    fn leave(&self) {
+        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        *count = count.saturating_sub(1);
+        self.ended.notify_all();
+    }
+
+    /// Waits until no connection thread is left or `deadline` passes; how many are left.
+    fn wait_for_none(&self, deadline: Instant) -> usize {
+        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        while *count > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            match self.released.wait_timeout(counts, left) {
-                Ok((guard, _)) => counts = guard,
-                Err(_) => return 0,
-            }
+            count = match self.ended.wait_timeout(count, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
         }
-        counts.0
+        *count
+    }
+}
+
+/// Counts a connection thread out when it ends, however it ends.
+struct Leave<'a>(&'a Alive);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
     }
 }
 
@@ -718,7 +746,6 @@ mod tests {
             max_total: 2,
             max_per_ip: 1,
             counts: Mutex::new((0, HashMap::new())),
-            released: Condvar::new(),
         };
         let client = key("192.0.2.1");
         assert!(limits.take(client));
