@@ -1,10 +1,11 @@
 //! Privileges and files with the real binary, as root (as CI runs): the switch to `--user`
-//! seen in `/proc/PID/status`, a missing user refused, modes and owners of what it makes.
+//! seen in `/proc/PID/status`, a missing user refused, modes and owners of what it makes, a
+//! symbolic link planted in a Maildir never written through.
 
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::delivery::{queue_test_message, wait_for_mail};
-use common::{base_args, flags, Server, TempDir, BIN, DEADLINE};
+use common::{base_args, flags, wait_until, Server, TempDir, BIN, DEADLINE};
 
 const DELIVER: &[&str] = &[
     "--delivery-threads",
@@ -220,4 +221,56 @@ fn started_as_root_with_a_missing_user_it_refuses_to_start() {
     let server = Server::start_in(&dir.0, &["--allow-root"], None);
     server.wait_for_log("running as root (allow_root)");
     assert_eq!(status_line(server.child.id(), "Uid"), ["0", "0", "0", "0"]);
+}
+
+#[test]
+fn a_symlinked_maildir_new_is_never_written_through_and_the_mail_waits() {
+    let dir = Arc::new(TempDir::new("symlink"));
+    let alice = dir.0.join("mail/alice");
+    let elsewhere = dir.0.join("elsewhere");
+    fs::create_dir_all(alice.join("tmp")).unwrap();
+    fs::create_dir_all(alice.join("cur")).unwrap();
+    fs::create_dir_all(&elsewhere).unwrap();
+    symlink(&elsewhere, alice.join("new")).unwrap();
+    // Root (the harness's default here) could write anywhere: the strongest case.
+    let server = Server::start_in(&dir.0, DELIVER, Some(Arc::clone(&dir)));
+    let id = queue_test_message(
+        &server,
+        "ann@client.test",
+        &["alice@example.test"],
+        b"x\r\n",
+    );
+    let refused = server.wait_for_log_with(&[&id, "Maildir of alice refused"]);
+    assert!(
+        refused.contains("/mail/alice/new is a symbolic link"),
+        "{refused}"
+    );
+    wait_until("two refused tries", || {
+        server
+            .log_lines_with(&[
+                &id,
+                "to=<alice@example.test>",
+                "status=deferred (451 4.3.0 Maildir of alice refused",
+            ])
+            .len()
+            >= 2
+    });
+    assert_eq!(
+        fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "nothing written through"
+    );
+    assert_eq!(fs::read_dir(alice.join("tmp")).unwrap().count(), 0);
+    let env = server.queued_envelope(&id);
+    assert!(
+        env.contains("Rcpt: <alice@example.test>\nMaildir: alice\nStatus: pending\n")
+            && env.contains("Last-Reply: 451 4.3.0 Maildir of alice refused: ")
+            && env.contains("is a symbolic link"),
+        "{env}"
+    );
+    // Once a person has put it right, the mail that waited is delivered.
+    fs::remove_file(alice.join("new")).unwrap();
+    assert_eq!(wait_for_mail(&alice, 1).len(), 1);
+    wait_until("the queue to empty", || server.queue_files("").is_empty());
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
 }
