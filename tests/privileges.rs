@@ -1,6 +1,7 @@
 //! Privileges and files with the real binary, as root (as CI runs): the switch to `--user`
 //! seen in `/proc/PID/status`, a missing user refused, modes and owners of what it makes, a
-//! symbolic link planted in a Maildir never written through.
+//! symbolic link planted in a Maildir never written through, and what in the mailbox root is
+//! not a user.
 
 mod common;
 
@@ -273,4 +274,31 @@ fn a_symlinked_maildir_new_is_never_written_through_and_the_mail_waits() {
     assert_eq!(wait_for_mail(&alice, 1).len(), 1);
     wait_until("the queue to empty", || server.queue_files("").is_empty());
     assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
+
+#[test]
+fn lost_found_dot_names_links_and_files_in_the_mailbox_root_are_not_users() {
+    let dir = Arc::new(TempDir::new("notusers"));
+    let mail = dir.0.join("mail");
+    for name in ["lost+found", ".hidden", "bob"] {
+        fs::create_dir_all(mail.join(name)).unwrap();
+    }
+    symlink(mail.join("bob"), mail.join("carol")).unwrap();
+    fs::write(mail.join("dave"), b"a file").unwrap();
+    let server = Server::start_in(&dir.0, &[], Some(Arc::clone(&dir)));
+    let mut c = common::Client::hello(server.addr);
+    assert!(c.command("MAIL FROM:<a@client.test>").starts_with("250"));
+    for rcpt in [
+        "lost+found@example.test",
+        "\".hidden\"@example.test",
+        "carol@example.test",
+        "dave@example.test",
+    ] {
+        let reply = c.command(&format!("RCPT TO:<{rcpt}>"));
+        assert!(reply.starts_with("550 5.1.1"), "{rcpt}: {reply}");
+    }
+    for rcpt in ["alice@example.test", "bob@example.test"] {
+        let reply = c.command(&format!("RCPT TO:<{rcpt}>"));
+        assert!(reply.starts_with("250 2.1.5"), "{rcpt}: {reply}");
+    }
 }
