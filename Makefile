@@ -24,9 +24,10 @@ build:
 target/release/postilion: $(SOURCES)
 	$(CARGO) build --release
 
-# Loopback, port 2525, spool ./spool, mailboxes ./mail: no root, no config file.
+# Loopback, port 2525, spool ./spool, mailboxes ./mail: no config file. --allow-root: started
+# as root, it stays root instead of switching to a user `postilion` (README, "Security model").
 run:
-	$(CARGO) run --release -- serve
+	$(CARGO) run --release -- serve --allow-root
 
 # What the tests need beyond the Rust toolchain: Python 3 for the smtplib client, openssl for
 # s_client against the TLS listeners, testssl.sh (with dig and hexdump) to scan them.

@@ -665,8 +665,9 @@ impl Postilion {
         fs::create_dir_all(dir).expect("bench dir");
         let log = fs::File::create(dir.join("log")).expect("log file");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        // Root or not, as it is (see make run).
         let child = Command::new(BIN)
-            .arg("serve")
+            .args(["serve", "--allow-root"])
             .args(["--listen", &addr.to_string()])
             .args(["--spool", &dir.join("spool").to_string_lossy()])
             .args(["--mailbox-root", &dir.join("mail").to_string_lossy()])

@@ -21,6 +21,10 @@ pub struct Key {
     pub help: &'static str,
 }
 
+/// Keys whose flag may be given alone, meaning `yes` (`--allow-root`); with a value it is
+/// written `--allow-root=no`.
+pub const SWITCHES: &[&str] = &["allow_root"];
+
 /// Every setting. `hostname`'s empty default means "the system's host name".
 #[rustfmt::skip]
 pub const KEYS: &[Key] = &[
@@ -37,6 +41,8 @@ pub const KEYS: &[Key] = &[
     Key { name: "relay_networks", default: "127.0.0.0/8, ::1/128", help: "client networks that may send to any domain" },
     Key { name: "mailbox_root", default: "./mail", help: "local users are the directories here (each USER/ a Maildir)" },
     Key { name: "aliases", default: "", help: "aliases file in /etc/aliases form (empty: none)" },
+    Key { name: "user", default: "postilion", help: "started as root, run as this user (from /etc/passwd) once the listeners are bound" },
+    Key { name: "allow_root", default: "no", help: "started as root, stay root instead of switching to user (for a checkout or a test); the flag alone means yes" },
     Key { name: "message_size_limit", default: "25M", help: "largest message in bytes (K, M, G suffixes)" },
     Key { name: "max_recipients", default: "100", help: "recipients per message" },
     Key { name: "max_connections", default: "100", help: "simultaneous SMTP connections" },
@@ -78,6 +84,10 @@ pub struct Config {
     pub relay_networks: Vec<Network>,
     pub mailbox_root: PathBuf,
     pub aliases: Option<PathBuf>,
+    /// Who to run as when started as root (a name in `/etc/passwd`).
+    pub user: String,
+    /// Started as root, stay root.
+    pub allow_root: bool,
     pub message_size_limit: u64,
     pub max_recipients: usize,
     pub max_connections: usize,
@@ -331,6 +341,8 @@ impl RawConfig {
             relay_networks: self.get("relay_networks", |v| list(v).map(str::parse).collect())?,
             mailbox_root: self.get("mailbox_root", path)?,
             aliases: self.get("aliases", |v| Ok((!v.is_empty()).then(|| PathBuf::from(v))))?,
+            user: self.get("user", user_name)?,
+            allow_root: self.get("allow_root", yes_no)?,
             message_size_limit: self.get("message_size_limit", size)?,
             max_recipients: self.get("max_recipients", count)?,
             max_connections: self.get("max_connections", count)?,
@@ -435,6 +447,15 @@ fn yes_no(value: &str) -> Result<bool, String> {
         "yes" => Ok(true),
         "no" => Ok(false),
         _ => Err(format!("'{value}' is not 'yes' or 'no'")),
+    }
+}
+
+/// A name as `/etc/passwd` can hold it: not empty, no `:`, no white space or control.
+fn user_name(value: &str) -> Result<String, String> {
+    let bad = |c: char| c == ':' || c.is_whitespace() || c.is_control();
+    match value.is_empty() || value.contains(bad) {
+        true => Err(format!("'{value}' is not a user name")),
+        false => Ok(value.to_string()),
     }
 }
 
@@ -563,6 +584,7 @@ mod tests {
         );
         assert_eq!(c.hostname, "host.example");
         assert_eq!(c.delivery_threads, 4);
+        assert_eq!((c.user.as_str(), c.allow_root), ("postilion", false));
         assert_eq!(c.retry_schedule.len(), 7);
         assert_eq!(c.retry_schedule[4], Duration::from_secs(3600));
         assert_eq!(c.max_queue_lifetime, Duration::from_secs(5 * 86_400));
@@ -625,6 +647,13 @@ mod tests {
         assert!(build("retry_schedule =")
             .unwrap_err()
             .contains("at least one delay"));
+        assert!(build("user = mail server")
+            .unwrap_err()
+            .contains("user: 'mail server' is not a user name"));
+        assert!(build("user =").unwrap_err().contains("user: '' is not"));
+        assert!(build("allow_root = sure")
+            .unwrap_err()
+            .contains("allow_root: 'sure' is not 'yes' or 'no'"));
         assert!(build("just words")
             .unwrap_err()
             .contains("expected 'key = value'"));

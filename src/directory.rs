@@ -1,6 +1,7 @@
 //! Local recipients: the user directories under `mailbox_root` plus the names in `aliases`.
 //!
-//! Kept in memory and reloaded when either changes (checked by modification time at each new
+//! A user is a plain directory: an entry that is a link, a file, a dot name (`.hidden`,
+//! `.Trash`) or `lost+found` is not one. Kept in memory and reloaded when either changes (checked by modification time at each new
 //! connection), so adding a user or an alias needs no restart.
 
 use std::collections::{HashMap, HashSet};
@@ -127,8 +128,14 @@ impl Directory {
         // A missing mailbox root simply means no users yet.
         if let Ok(entries) = fs::read_dir(&self.mailbox_root) {
             for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    let dir = entry.file_name().to_string_lossy().into_owned();
+                // The entry's own type: a link to a directory is a link.
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let Some(dir) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                if is_user_dir(&dir) {
                     table.users.insert(dir.to_lowercase(), dir);
                 }
             }
@@ -146,6 +153,12 @@ impl Directory {
     }
 }
 
+/// Whether a directory of this name under the mailbox root is a user's: not `lost+found`
+/// (made by mkfs on a mailbox file system) nor a dot name.
+fn is_user_dir(name: &str) -> bool {
+    !name.starts_with('.') && name != "lost+found"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,11 +169,19 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("mail/Alice")).unwrap();
         fs::write(dir.join("mail/not-a-user"), b"").unwrap();
+        for not_a_user in ["lost+found", ".hidden", ".Trash"] {
+            fs::create_dir(dir.join("mail").join(not_a_user)).unwrap();
+        }
+        std::os::unix::fs::symlink(dir.join("mail/Alice"), dir.join("mail/link")).unwrap();
         fs::write(dir.join("aliases"), "root: alice\n").unwrap();
         let d = Directory::load(&dir.join("mail"), Some(&dir.join("aliases"))).unwrap();
         let names = d.names();
         assert!(names.contains("alice") && names.contains("root"));
         assert!(!names.contains("not-a-user"));
+        for not_a_user in ["lost+found", ".hidden", ".trash", "link"] {
+            assert!(!names.contains(not_a_user), "{not_a_user}");
+        }
+        assert_eq!(names.len(), 2, "{names:?}");
         assert_eq!(d.table().aliases["root"], ["alice"]);
         assert_eq!(d.table().users["alice"], "Alice");
         fs::create_dir(dir.join("mail/bob")).unwrap();

@@ -11,6 +11,8 @@ mod delivery;
 mod directory;
 mod envelope;
 mod log;
+mod passwd;
+mod privileges;
 mod server;
 mod smtp;
 mod spool;
@@ -26,7 +28,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use config::{Config, RawConfig, KEYS};
+use config::{Config, RawConfig, KEYS, SWITCHES};
+use privileges::RunAs;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -89,10 +92,22 @@ fn load_config(args: &[String]) -> Result<(RawConfig, Config), String> {
     options.optopt("", "config", "configuration file", "FILE");
     let flags: Vec<String> = KEYS.iter().map(|k| k.name.replace('_', "-")).collect();
     for (key, flag) in KEYS.iter().zip(&flags) {
-        options.optopt("", flag, key.help, "VALUE");
+        match SWITCHES.contains(&key.name) {
+            true => options.optflagopt("", flag, key.help, "yes|no"),
+            false => options.optopt("", flag, key.help, "VALUE"),
+        };
     }
     let matches = options.parse(args).map_err(|e| e.to_string())?;
     if let Some(extra) = matches.free.first() {
+        if let Some(flag) = SWITCHES
+            .iter()
+            .map(|name| name.replace('_', "-"))
+            .find(|flag| matches.opt_present(flag) && ["yes", "no"].contains(&extra.as_str()))
+        {
+            return Err(format!(
+                "unexpected argument '{extra}' (--{flag} alone means yes; else --{flag}={extra})"
+            ));
+        }
         return Err(format!("unexpected argument '{extra}'"));
     }
     let mut raw = RawConfig::default();
@@ -104,6 +119,9 @@ fn load_config(args: &[String]) -> Result<(RawConfig, Config), String> {
     for (key, flag) in KEYS.iter().zip(&flags) {
         if let Some(value) = matches.opt_str(flag) {
             raw.set_flag(key.name, value);
+        } else if matches.opt_present(flag) {
+            // A switch given alone.
+            raw.set_flag(key.name, "yes".into());
         }
     }
     let config = raw.build(&system_hostname()).map_err(|e| e.to_string())?;
@@ -131,8 +149,10 @@ fn check_config(args: &[String]) -> ExitCode {
     }
 }
 
-/// The files the configuration names that `serve` would refuse: certificate and key, users.
+/// What `serve` would refuse in the configuration: the user to run as (when this is run as
+/// root, as `serve` would be), certificate and key, users.
 fn check_files(config: &Config) -> Result<(), String> {
+    RunAs::decide(&config.user, config.allow_root)?;
     if let Some(files) = &config.tls {
         tls::ServerTls::load(files, config.submission_tls_tickets)
             .map_err(|e| format!("TLS: {e}"))?;
@@ -279,11 +299,46 @@ fn stop(config: &Config, server: &server::Server, delivery: delivery::Delivery) 
     );
 }
 
+/// Opens the spool and binds the listeners as whoever started it; then, started as root,
+/// switches to `user` (the files named in the configuration are read as that user, so that
+/// what works at start keeps working when they are read again); then starts delivery and the
+/// accept loops.
 fn start(config: Arc<Config>) -> Result<(Arc<server::Server>, delivery::Delivery), String> {
-    let spool = Arc::new(spool::Spool::open(&config.spool).map_err(|e| e.to_string())?);
-    let recovery = spool.recover().map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(&config.mailbox_root)
+    privileges::set_umask();
+    let run_as = RunAs::decide(&config.user, config.allow_root)?;
+    let owner = run_as.owner();
+    let spool = Arc::new(spool::Spool::open(&config.spool, owner).map_err(|e| e.to_string())?);
+    privileges::create_dir(&config.mailbox_root, owner)
         .map_err(|e| format!("cannot create {}: {e}", config.mailbox_root.display()))?;
+    let mut listeners = Vec::new();
+    for listen in &config.listen {
+        let (role, addr) = (listen.role, listen.addr);
+        let listener = server::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        listeners.push((role, listener, bound));
+    }
+    match &run_as {
+        RunAs::Caller => {}
+        RunAs::Root => ::log::warn!(
+            "running as root (allow_root): fine for a checkout or a test, not for a server \
+             facing the network"
+        ),
+        RunAs::User(user) => {
+            privileges::switch_to(user)?;
+            let group = passwd::group_name(user.gid).map_or(String::new(), |g| format!(" {g}"));
+            ::log::info!(
+                "running as user {} (uid {}, gid {}{group}), no supplementary groups",
+                user.name,
+                user.uid,
+                user.gid
+            );
+        }
+    }
+    for dir in spool.dirs() {
+        privileges::check_dir(dir, true).map_err(|e| format!("spool: {e}"))?;
+    }
+    privileges::check_dir(&config.mailbox_root, false).map_err(|e| format!("mailbox_root: {e}"))?;
+    let recovery = spool.recover().map_err(|e| e.to_string())?;
     let directory = directory::Directory::load(&config.mailbox_root, config.aliases.as_deref())
         .map_err(|e| e.to_string())?;
     let tls = match &config.tls {
@@ -297,17 +352,16 @@ fn start(config: Arc<Config>) -> Result<(Arc<server::Server>, delivery::Delivery
         Some(path) => Some(users::UsersFile::load(path).map_err(|e| e.to_string())?),
         None => None,
     };
-    let mut listeners = Vec::new();
-    for listen in &config.listen {
-        let (role, addr) = (listen.role, listen.addr);
-        let listener = server::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        let bound = listener.local_addr().map_err(|e| e.to_string())?;
-        match role {
-            config::Role::Smtp => ::log::info!("listening on {bound}"),
-            _ => ::log::info!("listening on {bound} ({})", role.name()),
-        }
-        listeners.push((role, listener));
-    }
+    let listeners = listeners
+        .into_iter()
+        .map(|(role, listener, bound)| {
+            match role {
+                config::Role::Smtp => ::log::info!("listening on {bound}"),
+                _ => ::log::info!("listening on {bound} ({})", role.name()),
+            }
+            (role, listener)
+        })
+        .collect();
     let directory = Arc::new(directory);
     let delivery = delivery::start(
         Arc::clone(&config),

@@ -6,18 +6,24 @@
 //! `tmp/`, fsyncs them, links `.msg` then `.env` into `queue/` (a link never replaces a file
 //! already there, as a rename would after an id collision) and fsyncs `queue/` itself; only
 //! then does it return a `Queued`, the one thing that lets a session answer 250 (invariant 1).
-//! A lock file keeps two servers off one spool.
+//! A lock file keeps two servers off one spool. Everything here is its owner's alone:
+//! directories 0700, files 0600; root opening the spool for a user gives it what it makes.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::envelope::Envelope;
+use crate::privileges::{self, Owner};
+
+/// Mode of every file made in the spool.
+const FILE_MODE: u32 = 0o600;
 
 /// Proof that a message is durably in `queue/`: only `Incoming::commit` makes one.
 #[derive(Debug, PartialEq, Eq)]
@@ -94,19 +100,28 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Creates the directories if needed and takes the spool's lock.
-    pub fn open(root: &Path) -> Result<Spool, SpoolError> {
+    /// Creates the directories if needed (0700) and takes the spool's lock. What it makes is
+    /// given to `owner`, when root opens the spool for the user it will switch to.
+    pub fn open(root: &Path, owner: Option<Owner>) -> Result<Spool, SpoolError> {
         let (tmp, queue, corrupt) = (root.join("tmp"), root.join("queue"), root.join("corrupt"));
         for dir in [root, &tmp, &queue, &corrupt] {
-            fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
+            privileges::create_dir(dir, owner).map_err(io_error("create directory", dir))?;
         }
         let lock_path = root.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_error("open", &lock_path))?;
+        let mut options = OpenOptions::new();
+        options.write(true).mode(FILE_MODE);
+        let lock = match options.clone().create_new(true).open(&lock_path) {
+            Ok(lock) => {
+                if let Some(owner) = owner {
+                    std::os::unix::fs::fchown(&lock, Some(owner.uid), Some(owner.gid))
+                        .map_err(io_error("give to the user", &lock_path))?;
+                }
+                Ok(lock)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => options.open(&lock_path),
+            Err(e) => Err(e),
+        }
+        .map_err(io_error("open", &lock_path))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked(root.into())),
@@ -123,6 +138,11 @@ impl Spool {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The spool's directories: the root, `tmp/`, `queue/` and `corrupt/`.
+    pub fn dirs(&self) -> [&Path; 4] {
+        [&self.root, &self.tmp, &self.queue, &self.corrupt]
     }
 
     /// Removes crash debris from `tmp/`, moves unreadable queue files to `corrupt/`, and
@@ -246,6 +266,7 @@ impl Spool {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(FILE_MODE)
             .open(&path)
             .map_err(io_error("create", &path))?;
         Ok(Incoming {
@@ -419,6 +440,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(FILE_MODE)
         .open(path)
         .map_err(io_error("create", path))?;
     file.write_all(bytes).map_err(io_error("write", path))?;
@@ -457,7 +479,7 @@ mod tests {
     #[test]
     fn commit_then_recover() {
         let dir = temp_dir("commit");
-        let spool = Spool::open(&dir).unwrap();
+        let spool = Spool::open(&dir, None).unwrap();
         let mut incoming = spool.incoming().unwrap();
         incoming.write(b"Subject: hi\r\n\r\nbody\r\n");
         let mut env = envelope();
@@ -472,9 +494,58 @@ mod tests {
     }
 
     #[test]
+    fn directories_are_0700_and_files_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("modes");
+        let spool = Spool::open(&dir, None).unwrap();
+        let mut incoming = spool.incoming().unwrap();
+        incoming.write(b"x\r\n");
+        let id = incoming.commit(&mut envelope()).unwrap().id().to_string();
+        spool.update(&id, &envelope()).unwrap();
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        for sub in ["", "tmp", "queue", "corrupt"] {
+            assert_eq!(mode(&dir.join(sub)), 0o700, "{sub}/");
+        }
+        for file in [
+            "lock".to_string(),
+            format!("queue/{id}.msg"),
+            format!("queue/{id}.env"),
+        ] {
+            assert_eq!(mode(&dir.join(&file)), 0o600, "{file}");
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn root_gives_what_it_makes_to_the_owner() {
+        use std::os::unix::fs::MetadataExt;
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIPPED: not root");
+            return;
+        }
+        let dir = temp_dir("owner");
+        // Made by root before: stays root's.
+        fs::create_dir_all(dir.join("queue")).unwrap();
+        let owner = Owner {
+            uid: 65534,
+            gid: 65533,
+        };
+        let _spool = Spool::open(&dir, Some(owner)).unwrap();
+        let ids = |sub: &str| {
+            let meta = fs::metadata(dir.join(sub)).unwrap();
+            (meta.uid(), meta.gid())
+        };
+        for sub in ["tmp", "corrupt", "lock"] {
+            assert_eq!(ids(sub), (65534, 65533), "{sub}");
+        }
+        assert_eq!(ids("queue"), (0, 0), "not made here: left as it is");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn dropped_incoming_leaves_nothing() {
         let dir = temp_dir("drop");
-        let spool = Spool::open(&dir).unwrap();
+        let spool = Spool::open(&dir, None).unwrap();
         let mut incoming = spool.incoming().unwrap();
         incoming.write(b"partial");
         drop(incoming);
@@ -486,15 +557,18 @@ mod tests {
     #[test]
     fn second_server_on_same_spool_is_refused() {
         let dir = temp_dir("lock");
-        let _first = Spool::open(&dir).unwrap();
-        assert!(matches!(Spool::open(&dir), Err(SpoolError::Locked(_))));
+        let _first = Spool::open(&dir, None).unwrap();
+        assert!(matches!(
+            Spool::open(&dir, None),
+            Err(SpoolError::Locked(_))
+        ));
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn recovery_removes_debris_and_quarantines_the_unreadable() {
         let dir = temp_dir("recover");
-        let spool = Spool::open(&dir).unwrap();
+        let spool = Spool::open(&dir, None).unwrap();
         fs::write(dir.join("tmp/1.M1P1Q1.msg"), b"half").unwrap();
         fs::write(dir.join("queue/2.M1P1Q1.env"), b"\xff\xfe garbage").unwrap();
         fs::write(dir.join("queue/2.M1P1Q1.msg"), b"msg").unwrap();
@@ -514,7 +588,7 @@ mod tests {
     #[test]
     fn load_update_remove() {
         let dir = temp_dir("update");
-        let spool = Spool::open(&dir).unwrap();
+        let spool = Spool::open(&dir, None).unwrap();
         let mut incoming = spool.incoming().unwrap();
         incoming.write(b"x\r\n");
         let mut env = envelope();
@@ -532,7 +606,7 @@ mod tests {
     #[test]
     fn unreadable_envelope_is_quarantined_on_load() {
         let dir = temp_dir("loadbad");
-        let spool = Spool::open(&dir).unwrap();
+        let spool = Spool::open(&dir, None).unwrap();
         fs::write(dir.join("queue/9.M1P1Q1.env"), b"Version: 7\n").unwrap();
         fs::write(dir.join("queue/9.M1P1Q1.msg"), b"m").unwrap();
         assert!(spool.load("9.M1P1Q1").is_err());
@@ -543,7 +617,7 @@ mod tests {
     #[test]
     fn a_commit_never_replaces_a_queued_file_and_leaves_nothing_when_it_fails() {
         let dir = temp_dir("collide");
-        let spool = Spool::open(&dir).unwrap();
+        let spool = Spool::open(&dir, None).unwrap();
         let mut incoming = spool.incoming().unwrap();
         incoming.write(b"new\r\n");
         // Another message already has this id (a clock stepped back, a pid reused).

@@ -39,7 +39,8 @@ fn check_config_prints_the_effective_configuration() {
     let file = dir.0.join("postilion.conf");
     std::fs::write(
         &file,
-        "# test\nmax_recipients = 7\nlisten = 127.0.0.1:0, [::1]:0\n",
+        // Run as root (as the tests are), check-config would look for the user `postilion`.
+        "# test\nmax_recipients = 7\nlisten = 127.0.0.1:0, [::1]:0\nallow_root = yes\n",
     )
     .unwrap();
     let out = run(&[
@@ -61,6 +62,10 @@ fn check_config_prints_the_effective_configuration() {
     assert!(text.contains("message_size_limit = 25M\n"));
     assert!(text.contains("hostname = mx.test\n"));
     assert!(text.contains("local_domains = localhost, mx.test\n"));
+    assert!(
+        text.contains("user = postilion\nallow_root = yes\n"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -97,6 +102,21 @@ fn bad_configurations_are_one_line_errors_with_status_2() {
         ("", &["--message-size-limit", "big"], "--message-size-limit"),
         ("", &["--relay-networks", "10.0.0.0/40"], "--relay-networks"),
         ("", &["--bare-newline", "accept"], "--bare-newline"),
+        (
+            "",
+            &["--allow-root", "yes"],
+            "unexpected argument 'yes' (--allow-root alone means yes; else --allow-root=yes)",
+        ),
+        (
+            "",
+            &["--allow-root=maybe"],
+            "--allow-root: 'maybe' is not 'yes' or 'no'",
+        ),
+        (
+            "",
+            &["--user", "mail man"],
+            "--user: 'mail man' is not a user name",
+        ),
         ("colour = blue\n", &[], "bad.conf:1: unknown key 'colour'"),
         (
             "\n\nmax_recipients = -3\n",

@@ -90,7 +90,7 @@ fn second_server_on_the_same_spool_refuses_to_start() {
     let dir = Arc::new(TempDir::new("twice"));
     let _first = Server::start_in(&dir.0, &[], Some(Arc::clone(&dir)));
     let out = std::process::Command::new(common::BIN)
-        .arg("serve")
+        .args(["serve", "--allow-root"])
         .args(common::base_args(&dir.0))
         .output()
         .unwrap();

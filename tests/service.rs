@@ -91,9 +91,10 @@ fn unit_and_example_configuration_agree() {
         let value = config_value(&example, key);
         assert!(writable.contains(&value), "{key} = {value} not writable");
     }
-    // And the example is a valid configuration.
+    // And the example is a valid configuration (as root here, with no `postilion` user on
+    // this machine: --allow-root).
     let out = Command::new(BIN)
-        .args(["check-config", "--config"])
+        .args(["check-config", "--allow-root", "--config"])
         .arg(checkout(EXAMPLE))
         .output()
         .unwrap();

@@ -6,7 +6,7 @@
 //! another.
 
 use super::headers::Headers;
-use super::maildir::{self, Written};
+use super::maildir::{self, MaildirError, Written};
 use super::outcome::{DsnStatus, Outcome};
 use super::route::{self, Route};
 use super::{Context, Job};
@@ -83,6 +83,15 @@ impl Context {
                 "250 2.0.0 already in the maildir of {user} ({}), not written twice",
                 path.display()
             )),
+            // Planted by an attack or left by a mistake, a link is never written through; the
+            // mail waits for a person to look (and bounces at the end of its queue lifetime).
+            Err(e @ MaildirError::Symlink(_)) => {
+                log::error!("{}: Maildir of {user} refused: {e}", job.id);
+                Outcome::deferred(
+                    DsnStatus::new(4, 3, 0),
+                    format!("451 4.3.0 Maildir of {user} refused: {e}"),
+                )
+            }
             Err(e) => Outcome::deferred(
                 DsnStatus::new(4, 3, 0),
                 format!("451 4.3.0 cannot write to the Maildir of {user}: {e}"),

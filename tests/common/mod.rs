@@ -132,8 +132,16 @@ impl Server {
         guard: Option<Arc<TempDir>>,
     ) -> Server {
         let mut command = Command::new(BIN);
+        command.arg("serve");
+        // The tests run as root, as CI does, where the server would switch to the user
+        // `postilion`: it stays root unless a test names its own `--user` or `--allow-root`.
+        if !args
+            .iter()
+            .any(|a| a == "--user" || a.starts_with("--allow-root"))
+        {
+            command.arg("--allow-root");
+        }
         command
-            .arg("serve")
             .args(args)
             .env_remove("JOURNAL_STREAM")
             .env("RUST_LOG", "info")
