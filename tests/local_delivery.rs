@@ -6,17 +6,8 @@ mod common;
 use std::fs;
 use std::sync::Arc;
 
-use common::delivery::{queue_test_message, wait_for_mail};
+use common::delivery::{queue_test_message, wait_for_mail, DELIVER};
 use common::{flags, maildir, wait_until, Server, TempDir};
-
-const DELIVER: &[&str] = &[
-    "--delivery-threads",
-    "2",
-    "--retry-schedule",
-    "1s",
-    "--queue-scan-interval",
-    "1s",
-];
 
 /// Waits for the delivery log line of one recipient with the given status text.
 fn wait_for_status(server: &Server, id: &str, rcpt: &str, status: &str) {

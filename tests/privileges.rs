@@ -13,17 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::delivery::{queue_test_message, wait_for_mail};
+use common::delivery::{queue_test_message, wait_for_mail, DELIVER};
 use common::{base_args, flags, wait_until, Server, TempDir, BIN, DEADLINE};
-
-const DELIVER: &[&str] = &[
-    "--delivery-threads",
-    "2",
-    "--retry-schedule",
-    "1s",
-    "--queue-scan-interval",
-    "1s",
-];
 
 fn is_root() -> bool {
     fs::metadata("/proc/self")

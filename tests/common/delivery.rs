@@ -8,6 +8,16 @@ use super::dns::DnsServer;
 use super::sink::Sink;
 use super::{maildir, queue_message, wait_until, Server};
 
+/// Local delivery on, retries and queue scans every second: what the delivery tests need.
+pub const DELIVER: &[&str] = &[
+    "--delivery-threads",
+    "2",
+    "--retry-schedule",
+    "1s",
+    "--queue-scan-interval",
+    "1s",
+];
+
 /// The flags of a sending server wired to `dns`, delivering to port `port` of the MX hosts:
 /// two delivery threads, retries every second, short SMTP time-outs. A flag in `extra`
 /// replaces the one here (flags come in `--name value` pairs); the others are added.
