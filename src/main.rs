@@ -233,7 +233,7 @@ fn serve(args: &[String]) -> ExitCode {
     };
     log::init();
     // Caught from the start: a stop asked for while starting is a stop.
-    let signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(signals) => signals,
         Err(e) => {
             ::log::error!("cannot start: signals: {e}");
@@ -242,7 +242,16 @@ fn serve(args: &[String]) -> ExitCode {
     };
     match start(Arc::clone(&config)) {
         Ok((server, delivery)) => {
-            wait_for_stop(signals, args, &raw.effective(&config));
+            wait_for_stop(&mut signals, args, &raw.effective(&config));
+            // A second SIGTERM or SIGINT during the stop: stop now. Nothing acknowledged is
+            // lost by it (invariant 1); what is in flight is simply done again.
+            let impatient = std::thread::spawn(move || {
+                if signals.forever().any(|signal| signal != SIGHUP) {
+                    ::log::warn!("second stop signal: exiting now");
+                    std::process::exit(0);
+                }
+            });
+            drop(impatient);
             stop(&config, &server, delivery);
             ExitCode::SUCCESS
         }
@@ -255,7 +264,7 @@ fn serve(args: &[String]) -> ExitCode {
 
 /// Serves until SIGTERM or SIGINT; at SIGHUP reads the configuration again and says what it
 /// cannot apply (aliases, users and certificates are re-read whenever they change anyway).
-fn wait_for_stop(mut signals: Signals, args: &[String], running: &str) {
+fn wait_for_stop(signals: &mut Signals, args: &[String], running: &str) {
     for signal in signals.forever() {
         if signal != SIGHUP {
             return;
@@ -292,8 +301,10 @@ fn stop(config: &Config, server: &server::Server, delivery: delivery::Delivery) 
         "stopping: no new mail taken, {} s for what is in flight",
         config.shutdown_timeout.as_secs()
     );
+    // Delivery stops handing out messages now, while the sessions drain, not after.
+    let deliveries = std::thread::spawn(move || delivery.stop(deadline));
     let sessions = server.shut_down(deadline);
-    let deliveries = delivery.stop(deadline);
+    let deliveries = deliveries.join().unwrap_or(0);
     ::log::info!(
         "stopped ({sessions} sessions and {deliveries} deliveries cut off at the deadline)"
     );

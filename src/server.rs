@@ -218,7 +218,7 @@ impl Server {
             Role::Smtp => log::info!("c{id} connect from {peer}"),
             _ => log::info!("c{id} connect from {peer} ({})", role.name()),
         }
-        let mut stream = Stream::Plain(stream);
+        let mut stream = Stream::new(stream);
         let mut tls = None;
         if role == Role::Submissions {
             match self.start_tls(id, role, &mut stream) {
@@ -531,10 +531,7 @@ impl Connection<'_> {
             }
             // Reads wake up at least every second, to notice a stop.
             let left = timeout.saturating_sub(heard.elapsed());
-            let _ = self
-                .stream
-                .tcp()
-                .set_read_timeout(Some(left.clamp(MIN_WAIT, TICK)));
+            self.stream.read_within(left.clamp(MIN_WAIT, TICK));
             let _ = self.stream.tcp().set_write_timeout(Some(timeout));
             let read = self.stream.read(&mut buf);
             if read.is_ok() {

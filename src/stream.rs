@@ -1,5 +1,9 @@
 //! A client connection's byte stream, plaintext or TLS, and the server side of the TLS
 //! handshake under a deadline of its own. Moves bytes only: what they mean is the session's.
+//!
+//! Every read waits at most until a deadline the caller sets (`read_within`), TLS or not: a
+//! client trickling a TLS record a byte at a time cannot keep one `read` going past it (rustls
+//! reads the socket again and again while a record is incomplete).
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -11,16 +15,65 @@ use rustls::{ServerConnection, StreamOwned};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub enum Stream {
-    Plain(TcpStream),
-    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
+    Plain(Timed),
+    Tls(Box<StreamOwned<ServerConnection, Timed>>),
+}
+
+/// A socket whose reads must be over by `read_by`; writes keep the socket's own time-out.
+pub struct Timed {
+    pub tcp: TcpStream,
+    read_by: Instant,
+}
+
+impl Timed {
+    fn new(tcp: TcpStream) -> Timed {
+        Timed {
+            tcp,
+            read_by: Instant::now() + HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.read_by.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.tcp.set_read_timeout(Some(left))?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Timed {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
 }
 
 impl Stream {
-    /// The socket underneath, for time-outs.
+    pub fn new(tcp: TcpStream) -> Stream {
+        Stream::Plain(Timed::new(tcp))
+    }
+
+    /// The socket underneath, for write time-outs.
     pub fn tcp(&self) -> &TcpStream {
         match self {
-            Stream::Plain(tcp) => tcp,
-            Stream::Tls(tls) => &tls.sock,
+            Stream::Plain(timed) => &timed.tcp,
+            Stream::Tls(tls) => &tls.sock.tcp,
+        }
+    }
+
+    /// The next read (however many socket reads it takes) waits at most `wait`.
+    pub fn read_within(&mut self, wait: Duration) {
+        let by = Instant::now() + wait;
+        match self {
+            Stream::Plain(timed) => timed.read_by = by,
+            Stream::Tls(tls) => tls.sock.read_by = by,
         }
     }
 
@@ -32,21 +85,28 @@ impl Stream {
         connection: ServerConnection,
         timeout: Duration,
     ) -> io::Result<String> {
-        let tcp = self.tcp().try_clone()?;
-        let mut tls = StreamOwned::new(connection, tcp.try_clone()?);
-        // Every read and write of the handshake gets only what is left of the deadline: a
-        // client trickling its ClientHello a byte at a time is cut off on time.
-        let mut io = Deadline {
-            tcp: &tcp,
-            by: Instant::now() + timeout.min(HANDSHAKE_TIMEOUT),
-        };
+        let limit = timeout.min(HANDSHAKE_TIMEOUT);
+        let mut timed = Timed::new(self.tcp().try_clone()?);
+        timed.read_by = Instant::now() + limit;
+        timed.tcp.set_write_timeout(Some(limit))?;
+        let mut tls = StreamOwned::new(connection, timed);
         while tls.conn.is_handshaking() {
-            match tls.conn.complete_io(&mut io) {
+            match tls.conn.complete_io(&mut tls.sock) {
                 Ok((0, 0)) if tls.conn.wants_read() => {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(timed_out()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "handshake time-out",
+                    ));
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -56,52 +116,10 @@ impl Stream {
     }
 }
 
-fn timed_out() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "handshake time-out")
-}
-
-/// A socket whose every operation must be over by `by`.
-struct Deadline<'a> {
-    tcp: &'a TcpStream,
-    by: Instant,
-}
-
-impl Deadline<'_> {
-    fn arm(&self) -> io::Result<()> {
-        let left = self.by.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(timed_out());
-        }
-        self.tcp.set_read_timeout(Some(left))?;
-        self.tcp.set_write_timeout(Some(left))
-    }
-}
-
-impl Read for Deadline<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.arm()?;
-        let mut tcp = self.tcp;
-        tcp.read(buf)
-    }
-}
-
-impl Write for Deadline<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.arm()?;
-        let mut tcp = self.tcp;
-        tcp.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        let mut tcp = self.tcp;
-        tcp.flush()
-    }
-}
-
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Plain(tcp) => tcp.read(buf),
+            Stream::Plain(timed) => timed.read(buf),
             Stream::Tls(tls) => tls.read(buf),
         }
     }
@@ -110,14 +128,14 @@ impl Read for Stream {
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Stream::Plain(tcp) => tcp.write(buf),
+            Stream::Plain(timed) => timed.write(buf),
             Stream::Tls(tls) => tls.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Stream::Plain(tcp) => tcp.flush(),
+            Stream::Plain(timed) => timed.flush(),
             Stream::Tls(tls) => tls.flush(),
         }
     }

@@ -110,3 +110,34 @@ fn sigterm_stops_idle_delivery_threads_at_once() {
     );
     server.wait_for_log("stopped (0 sessions and 0 deliveries cut off");
 }
+
+#[test]
+fn sigterm_reaches_a_tls_session_whose_client_trickles_a_record() {
+    use std::io::Write;
+    let (mut server, _, cert) = common::tls::tls_server("sigterm-tls");
+    let mut tls = common::tls::starttls(server.addr, &cert).into_inner();
+    // A TLS record with a command in it, sent one byte every 300 ms: each socket read gets a
+    // byte in time, the record is never complete. The pause is the behaviour under test.
+    tls.conn.writer().write_all(b"NOOP\r\n").unwrap();
+    let mut record = Vec::new();
+    tls.conn.write_tls(&mut record).unwrap();
+    let mut tcp = tls.sock.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for byte in record {
+            if tcp.write_all(&[byte]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let start = Instant::now();
+    signal(&server, "TERM");
+    assert_eq!(exit_status(&mut server), Some(0));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    server.wait_for_log("stopped (0 sessions");
+    let _ = trickle.join();
+}

@@ -19,6 +19,7 @@ pub mod route;
 pub mod schedule;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -59,6 +60,8 @@ struct Context {
     /// Envelopes whose outcomes are achieved but could not be written (a full disk): kept
     /// here, never repeated, until the write succeeds (invariant 6).
     unsaved: Mutex<HashMap<String, Envelope>>,
+    /// A stop was asked for: no new message or remote transaction is begun.
+    stopping: AtomicBool,
     /// Ids found in the queue at start or by a later scan: an earlier run (or another
     /// program's) may have written their Maildir files without recording it.
     recovered: Mutex<HashSet<String>>,
@@ -86,6 +89,9 @@ impl Delivery {
     /// writes outcomes still held in memory. Says how many deliveries were left running
     /// (their messages are simply delivered again after the next start).
     pub fn stop(mut self, deadline: Instant) -> usize {
+        if let Some(context) = &self.context {
+            context.stopping.store(true, Ordering::Relaxed);
+        }
         drop(self.stop.take());
         // Polled: a worker may be deep in a remote transaction, with nothing to wake it.
         while Instant::now() < deadline && self.workers.iter().any(|w| !w.is_finished()) {
@@ -129,6 +135,7 @@ pub fn start(
             None => None,
         },
         unsaved: Mutex::default(),
+        stopping: AtomicBool::new(false),
         recovered: Mutex::new(recovered.iter().cloned().collect()),
     });
     let mut workers = Vec::new();
@@ -143,6 +150,10 @@ pub fn start(
                     random: seed(n as u64),
                 };
                 for id in work_rx.iter() {
+                    // Stopping: what is still handed out waits for the next start.
+                    if worker.context.stopping.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let next = worker.work(&id);
                     let _ = results.send((id, next));
                 }
@@ -329,6 +340,10 @@ impl Context {
             }
         }
         for (domain, indexes) in domains {
+            if self.stopping.load(Ordering::Relaxed) {
+                // The rest waits for the next start, as it is in the envelope.
+                return Some(now);
+            }
             let attempt = self.deliver_remote(&job, &domain, &indexes, worker);
             for (&i, outcome) in indexes.iter().zip(attempt.outcomes) {
                 self.record(&mut job, i, outcome, &attempt.relay, &mut worker.random);
