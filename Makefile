@@ -22,6 +22,10 @@ build:
 # For `make install`: built only when missing or older than the sources, so that
 # `make build && sudo make install` does not run cargo as root.
 target/release/postilion: $(SOURCES)
+	@if [ "$$(id -u)" = 0 ] && [ -n "$$SUDO_USER" ]; then \
+		echo "the release binary is missing or older than the sources: run 'make build' as $$SUDO_USER first"; \
+		exit 1; \
+	fi
 	$(CARGO) build --release
 
 # Loopback, port 2525, spool ./spool, mailboxes ./mail: no config file. --allow-root: started
@@ -51,7 +55,8 @@ test: deps lint
 bench:
 	$(CARGO) bench --bench load
 
-# The binary, the sendmail and mailq links (where Debian's programs look for them), the unit
+# The binary (the sendmail and mailq links come with those commands: a link to a program
+# that does not answer as sendmail yet would shadow another MTA's on PATH), the unit
 # (its ExecStart under PREFIX), the example configuration unless there is one, the spool and
 # the mailboxes. As root with no DESTDIR: the `postilion` user too, and the two directories
 # made its own. A sendmail or mailq of another MTA is left alone (and said so).
@@ -59,9 +64,6 @@ install: $(BINARY)
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/bin \
 		$(DESTDIR)/etc/systemd/system
 	install -m 0755 $(BINARY) $(DESTDIR)$(PREFIX)/sbin/postilion
-	@$(call link,postilion,$(DESTDIR)$(PREFIX)/sbin/sendmail)
-	@$(call link,../sbin/postilion,$(DESTDIR)$(PREFIX)/lib/sendmail)
-	@$(call link,../sbin/postilion,$(DESTDIR)$(PREFIX)/bin/mailq)
 	sed 's|^ExecStart=/usr/local/sbin/postilion |ExecStart=$(PREFIX)/sbin/postilion |' \
 		contrib/postilion.service > $(DESTDIR)/etc/systemd/system/postilion.service
 	chmod 0644 $(DESTDIR)/etc/systemd/system/postilion.service
@@ -94,11 +96,8 @@ uninstall:
 	@echo "kept: $(DESTDIR)/etc/postilion.conf, $(DESTDIR)/var/spool/postilion," \
 		"$(DESTDIR)/var/mail/postilion and the postilion user"
 
-# $(call link,TARGET,NAME): NAME becomes a symbolic link to TARGET, unless it is something
-# else already (another MTA's sendmail). $(call unlink,TARGET,NAME) removes only our link.
-link = if { [ ! -e "$(2)" ] && [ ! -L "$(2)" ]; } || [ "$$(readlink "$(2)")" = "$(1)" ]; then \
-	ln -sfn "$(1)" "$(2)" && echo "$(2) -> $(1)"; \
-	else echo "$(2) is not a link to postilion: left alone"; fi
+# $(call unlink,TARGET,NAME) removes NAME if it is our link to TARGET (made by an earlier
+# version), never another MTA's sendmail.
 unlink = if [ "$$(readlink "$(2)")" = "$(1)" ]; then rm -f "$(2)" && echo "rm -f $(2)"; fi
 
 # One statically linked binary (no shared libraries, no NSS), stripped by the release profile.

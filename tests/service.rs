@@ -164,12 +164,6 @@ fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
 
-/// The file a link leads to, both canonical: the links are relative, inside DESTDIR.
-fn leads_to(link: &Path) -> PathBuf {
-    assert!(fs::symlink_metadata(link).unwrap().is_symlink(), "{link:?}");
-    fs::canonicalize(link).unwrap()
-}
-
 #[test]
 fn make_install_and_uninstall() {
     if Command::new("make").arg("--version").output().is_err() {
@@ -184,13 +178,13 @@ fn make_install_and_uninstall() {
     let sbin = dest.join("usr/local/sbin/postilion");
     assert_eq!(fs::read(&sbin).unwrap(), fs::read(BIN).unwrap());
     assert_eq!(mode(&sbin), 0o755);
-    let binary = fs::canonicalize(&sbin).unwrap();
+    // No sendmail or mailq link until those commands exist: it would shadow another MTA's.
     for link in [
         "usr/local/sbin/sendmail",
         "usr/local/lib/sendmail",
         "usr/local/bin/mailq",
     ] {
-        assert_eq!(leads_to(&dest.join(link)), binary, "{link}");
+        assert!(fs::symlink_metadata(dest.join(link)).is_err(), "{link}");
     }
     let unit = dest.join("etc/systemd/system/postilion.service");
     assert_eq!(
@@ -221,7 +215,6 @@ fn make_install_and_uninstall() {
     .unwrap();
     let printed = make("install", &other, "/usr");
     assert!(printed.contains("exists: kept"), "{printed}");
-    assert!(printed.contains("sendmail is not a link to postilion: left alone"));
     let unit = fs::read_to_string(other.join("etc/systemd/system/postilion.service")).unwrap();
     assert!(unit.contains("\nExecStart=/usr/sbin/postilion serve --config /etc/postilion.conf\n"));
     assert_eq!(
@@ -231,7 +224,6 @@ fn make_install_and_uninstall() {
     assert!(!fs::symlink_metadata(other.join("usr/sbin/sendmail"))
         .unwrap()
         .is_symlink());
-    assert!(other.join("usr/bin/mailq").exists());
 
     // Uninstall removes ours and nothing else.
     for (dest, prefix) in [(&dest, "usr/local"), (&other, "usr")] {
