@@ -159,19 +159,25 @@ fn thread_count() -> io::Result<usize> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Threads: line"))
 }
 
-/// Makes `dir` (mode 0700) unless it is a directory already, and its missing parents as
-/// `create_dir_all` does. A directory made here is given to `owner`: root makes what the
-/// user will write.
+/// Makes `dir` (mode 0700) unless it is a directory already; its parent must exist (made
+/// here, under umask 077, it would be root's alone and block the user). A directory made
+/// here is given to `owner`: root makes what the user will write. The change of owner never
+/// follows a symbolic link put in its place meanwhile.
 pub fn create_dir(dir: &Path, owner: Option<Owner>) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent)?;
+        if !parent.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("its parent {} does not exist: make it first", parent.display()),
+            ));
+        }
     }
     match DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => match owner {
-            Some(owner) => std::os::unix::fs::chown(dir, Some(owner.uid), Some(owner.gid)),
+            Some(owner) => std::os::unix::fs::lchown(dir, Some(owner.uid), Some(owner.gid)),
             None => Ok(()),
         },
         // Made by someone else meanwhile.
@@ -254,6 +260,9 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("postilion-priv-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
+        // A missing parent is an error, not made root's own.
+        assert!(create_dir(&dir.join("a/b"), None).is_err());
+        fs::create_dir_all(dir.join("a")).unwrap();
         let made = dir.join("a/b");
         create_dir(&made, None).unwrap();
         let mode = fs::metadata(&made).unwrap().permissions().mode();
