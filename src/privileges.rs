@@ -171,7 +171,10 @@ pub fn create_dir(dir: &Path, owner: Option<Owner>) -> io::Result<()> {
         if !parent.is_dir() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
-                format!("its parent {} does not exist: make it first", parent.display()),
+                format!(
+                    "its parent {} does not exist: make it first",
+                    parent.display()
+                ),
             ));
         }
     }
