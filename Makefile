@@ -16,8 +16,11 @@ SOURCES := Cargo.toml Cargo.lock $(shell find src -name '*.rs')
 
 all: build
 
+# The touch: cargo leaves the binary alone when only files it does not link changed, and the
+# install rule below compares times.
 build:
 	$(CARGO) build --release
+	touch target/release/postilion
 
 # For `make install`: built only when missing or older than the sources, so that
 # `make build && sudo make install` does not run cargo as root.
@@ -59,11 +62,14 @@ bench:
 # that does not answer as sendmail yet would shadow another MTA's on PATH), the unit
 # (its ExecStart under PREFIX), the example configuration unless there is one, the spool and
 # the mailboxes. As root with no DESTDIR: the `postilion` user too, and the two directories
-# made its own. A sendmail or mailq of another MTA is left alone (and said so).
+# made its own. Links an earlier version made to postilion as sendmail or mailq are removed;
+# another MTA's are never touched.
 install: $(BINARY)
-	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/bin \
-		$(DESTDIR)/etc/systemd/system
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/etc/systemd/system
 	install -m 0755 $(BINARY) $(DESTDIR)$(PREFIX)/sbin/postilion
+	@$(call unlink,postilion,$(DESTDIR)$(PREFIX)/sbin/sendmail)
+	@$(call unlink,../sbin/postilion,$(DESTDIR)$(PREFIX)/lib/sendmail)
+	@$(call unlink,../sbin/postilion,$(DESTDIR)$(PREFIX)/bin/mailq)
 	sed 's|^ExecStart=/usr/local/sbin/postilion |ExecStart=$(PREFIX)/sbin/postilion |' \
 		contrib/postilion.service > $(DESTDIR)/etc/systemd/system/postilion.service
 	chmod 0644 $(DESTDIR)/etc/systemd/system/postilion.service

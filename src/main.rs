@@ -245,9 +245,11 @@ fn serve(args: &[String]) -> ExitCode {
             wait_for_stop(&mut signals, args, &raw.effective(&config));
             // A second SIGTERM or SIGINT during the stop: stop now. Nothing acknowledged is
             // lost by it (invariant 1); what is in flight is simply done again.
+            let last_words = delivery.last_words();
             let impatient = std::thread::spawn(move || {
                 if signals.forever().any(|signal| signal != SIGHUP) {
                     ::log::warn!("second stop signal: exiting now");
+                    last_words.write_unsaved();
                     std::process::exit(0);
                 }
             });

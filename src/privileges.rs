@@ -168,7 +168,9 @@ pub fn create_dir(dir: &Path, owner: Option<Owner>) -> io::Result<()> {
         return Ok(());
     }
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.is_dir() {
+        if owner.is_none() {
+            fs::create_dir_all(parent)?;
+        } else if !parent.is_dir() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!(
@@ -263,9 +265,12 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("postilion-priv-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        // A missing parent is an error, not made root's own.
-        assert!(create_dir(&dir.join("a/b"), None).is_err());
-        fs::create_dir_all(dir.join("a")).unwrap();
+        // For an owner, a missing parent is an error, not made root's own; else it is made.
+        let me = Owner {
+            uid: rustix::process::getuid().as_raw(),
+            gid: rustix::process::getgid().as_raw(),
+        };
+        assert!(create_dir(&dir.join("a/b"), Some(me)).is_err());
         let made = dir.join("a/b");
         create_dir(&made, None).unwrap();
         let mode = fs::metadata(&made).unwrap().permissions().mode();

@@ -84,7 +84,22 @@ pub struct Delivery {
     context: Option<Arc<Context>>,
 }
 
+/// What a forced exit can still do for delivery: write the outcomes held in memory.
+pub struct LastWords(Option<Arc<Context>>);
+
+impl LastWords {
+    pub fn write_unsaved(&self) {
+        if let Some(context) = &self.0 {
+            context.write_unsaved();
+        }
+    }
+}
+
 impl Delivery {
+    pub fn last_words(&self) -> LastWords {
+        LastWords(self.context.clone())
+    }
+
     /// Hands out no more work, lets deliveries in progress finish until `deadline`, and
     /// writes outcomes still held in memory. Says how many deliveries were left running
     /// (their messages are simply delivered again after the next start).
@@ -345,6 +360,10 @@ impl Context {
                 return Some(now);
             }
             let attempt = self.deliver_remote(&job, &domain, &indexes, worker);
+            if attempt.outcomes.is_empty() {
+                // Stopped before any server took the transaction: not an attempt.
+                return Some(now);
+            }
             for (&i, outcome) in indexes.iter().zip(attempt.outcomes) {
                 self.record(&mut job, i, outcome, &attempt.relay, &mut worker.random);
             }

@@ -1,6 +1,7 @@
 //! Remote delivery of one domain's recipients: the servers to try (the relayhost, or the MX
 //! hosts in order) and one SMTP transaction with the first that takes it.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::client::{self, Attempt, Connection, Timeouts};
@@ -12,7 +13,7 @@ use crate::tls::{ClientTls, TlsMode};
 
 /// What one domain's delivery came to.
 pub(super) struct RemoteAttempt {
-    /// One per recipient, in the order asked.
+    /// One per recipient, in the order asked; none when a stop came first.
     pub outcomes: Vec<Outcome>,
     /// The server that answered, for the log.
     pub relay: String,
@@ -107,6 +108,14 @@ impl Context {
         };
         for host in &hosts {
             for ip in &host.addrs {
+                if self.stopping.load(Ordering::Relaxed) {
+                    // No new transaction once a stop began: the domain waits, untried.
+                    return RemoteAttempt {
+                        outcomes: Vec::new(),
+                        relay: String::new(),
+                        connection: None,
+                    };
+                }
                 let relay = format!("{}[{ip}]:{port}", host.name);
                 let tls = client::Security {
                     mode,
