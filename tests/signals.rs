@@ -19,6 +19,14 @@ fn signal(server: &Server, name: &str) {
     assert!(status.success());
 }
 
+/// Sends SIGTERM and checks that the process exits with status 0 within `limit`.
+fn terminates_within(server: &mut Server, limit: Duration) {
+    let start = Instant::now();
+    signal(server, "TERM");
+    assert_eq!(exit_status(server), Some(0));
+    assert!(start.elapsed() < limit, "{:?}", start.elapsed());
+}
+
 /// Waits for the process to end; its exit status.
 fn exit_status(server: &mut Server) -> Option<i32> {
     let start = Instant::now();
@@ -100,14 +108,7 @@ fn sigterm_stops_idle_delivery_threads_at_once() {
     wait_until("the local delivery", || {
         common::maildir(&server.mail.join("alice")).len() == 1
     });
-    let start = Instant::now();
-    signal(&server, "TERM");
-    assert_eq!(exit_status(&mut server), Some(0));
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
+    terminates_within(&mut server, Duration::from_secs(5));
     server.wait_for_log("stopped (0 sessions and 0 deliveries cut off");
 }
 
@@ -130,14 +131,7 @@ fn sigterm_reaches_a_tls_session_whose_client_trickles_a_record() {
             std::thread::sleep(Duration::from_millis(300));
         }
     });
-    let start = Instant::now();
-    signal(&server, "TERM");
-    assert_eq!(exit_status(&mut server), Some(0));
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
+    terminates_within(&mut server, Duration::from_secs(5));
     server.wait_for_log("stopped (0 sessions");
     let _ = trickle.join();
 }
