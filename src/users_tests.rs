@@ -1,3 +1,6 @@
+//! Tests of the users file and password checks; compiled only under #[cfg(test)], from the
+//! `mod tests` at the end of users.rs.
+
 use super::*;
 
 /// From the Argon2 reference implementation's tests (phc-winner-argon2 `src/test.c`):
