@@ -11,6 +11,7 @@ mod delivery;
 mod directory;
 mod envelope;
 mod log;
+mod missing_headers;
 mod passwd;
 mod privileges;
 mod server;
