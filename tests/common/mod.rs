@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod dns;
 pub mod sink;
 pub mod tls;
+pub mod user;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
