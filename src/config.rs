@@ -35,7 +35,7 @@ pub const KEYS: &[Key] = &[
     Key { name: "smtp_auth", default: "no", help: "offer AUTH on the smtp role too (it is always offered on submission and submissions), over TLS only" },
     Key { name: "sender_login_match", default: "yes", help: "an authenticated user may use only its own addresses in MAIL FROM" },
     Key { name: "submission_tls_tickets", default: "yes", help: "send TLS 1.3 session tickets on the submission roles (never on smtp: some servers then abort STARTTLS)" },
-    Key { name: "spool", default: "./spool", help: "spool directory (tmp/, queue/, corrupt/)" },
+    Key { name: "spool", default: "./spool", help: "spool directory (tmp/, queue/, corrupt/, maildrop/)" },
     Key { name: "hostname", default: "", help: "our host name in the greeting and Received: headers (default: the system's)" },
     Key { name: "local_domains", default: "localhost", help: "domains delivered locally, comma-separated (the host name is always one)" },
     Key { name: "relay_networks", default: "127.0.0.0/8, ::1/128", help: "client networks that may send to any domain" },
@@ -43,6 +43,7 @@ pub const KEYS: &[Key] = &[
     Key { name: "aliases", default: "", help: "aliases file in /etc/aliases form (empty: none)" },
     Key { name: "user", default: "postilion", help: "started as root, run as this user (from /etc/passwd) once the listeners are bound" },
     Key { name: "allow_root", default: "no", help: "started as root, stay root instead of switching to user (for a checkout or a test); the flag alone means yes" },
+    Key { name: "trusted_senders", default: "root", help: "login names whose sendmail -f is used as the envelope sender (the daemon's own user always is); others send as login@hostname" },
     Key { name: "message_size_limit", default: "25M", help: "largest message in bytes (K, M, G suffixes)" },
     Key { name: "max_recipients", default: "100", help: "recipients per message" },
     Key { name: "max_connections", default: "100", help: "simultaneous SMTP connections" },
@@ -88,6 +89,8 @@ pub struct Config {
     pub user: String,
     /// Started as root, stay root.
     pub allow_root: bool,
+    /// Logins whose `sendmail -f` is used; `user` is always one.
+    pub trusted_senders: Vec<String>,
     pub message_size_limit: u64,
     pub max_recipients: usize,
     pub max_connections: usize,
@@ -343,6 +346,15 @@ impl RawConfig {
             aliases: self.get("aliases", |v| Ok((!v.is_empty()).then(|| PathBuf::from(v))))?,
             user: self.get("user", user_name)?,
             allow_root: self.get("allow_root", yes_no)?,
+            trusted_senders: {
+                let mut names: Vec<String> =
+                    self.get("trusted_senders", |v| list(v).map(user_name).collect())?;
+                let user: String = self.get("user", user_name)?;
+                if !names.contains(&user) {
+                    names.push(user);
+                }
+                names
+            },
             message_size_limit: self.get("message_size_limit", size)?,
             max_recipients: self.get("max_recipients", count)?,
             max_connections: self.get("max_connections", count)?,

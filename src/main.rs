@@ -11,8 +11,12 @@ mod delivery;
 mod directory;
 mod envelope;
 mod log;
+mod maildrop;
+mod missing_headers;
 mod passwd;
+mod pickup;
 mod privileges;
+mod sendmail;
 mod server;
 mod smtp;
 mod spool;
@@ -41,6 +45,7 @@ fn usage() -> String {
          Usage:\n  postilion serve [--config FILE] [--KEY VALUE ...]\n  \
          postilion check-config [--config FILE] [--KEY VALUE ...]\n  \
          postilion passwd [NAME] < password   (prints a line for users_file)\n  \
+         postilion sendmail [-t] [-i] [-f SENDER] [-F NAME] [-C FILE] [RECIPIENT ...] < message\n  \
          postilion --help | --version\n\n\
          Every configuration key is also a flag (local_domains is --local-domains);\n\
          a flag wins over the file. Keys and defaults:\n"
@@ -62,9 +67,16 @@ fn usage() -> String {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args = std::env::args();
+    // Invoked through a link named sendmail (/usr/sbin/sendmail, /usr/lib/sendmail).
+    let invoked_as = args.next().unwrap_or_default();
+    let args: Vec<String> = args.collect();
+    if Path::new(&invoked_as).file_name() == Some("sendmail".as_ref()) {
+        return sendmail::main(&args);
+    }
     match args.first().map(String::as_str) {
         Some("serve") => serve(&args[1..]),
+        Some("sendmail") => sendmail::main(&args[1..]),
         Some("check-config") => check_config(&args[1..]),
         Some("passwd") => passwd(&args[1..]),
         Some("--help" | "-h" | "help") => {
@@ -241,7 +253,7 @@ fn serve(args: &[String]) -> ExitCode {
         }
     };
     match start(Arc::clone(&config)) {
-        Ok((server, delivery)) => {
+        Ok((server, delivery, pickup)) => {
             wait_for_stop(&mut signals, args, &raw.effective(&config));
             // A second SIGTERM or SIGINT during the stop: stop now. Nothing acknowledged is
             // lost by it (invariant 1); what is in flight is simply done again.
@@ -254,7 +266,7 @@ fn serve(args: &[String]) -> ExitCode {
                 }
             });
             drop(impatient);
-            stop(&config, &server, delivery);
+            stop(&config, &server, delivery, pickup);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -296,17 +308,25 @@ fn wait_for_stop(signals: &mut Signals, args: &[String], running: &str) {
 }
 
 /// Stops taking mail, lets what is in flight finish within `shutdown_timeout`, and says so.
-fn stop(config: &Config, server: &server::Server, delivery: delivery::Delivery) {
+fn stop(
+    config: &Config,
+    server: &server::Server,
+    delivery: delivery::Delivery,
+    pickup: pickup::Pickup,
+) {
     let deadline = Instant::now() + config.shutdown_timeout;
     systemd::stopping();
     ::log::info!(
         "stopping: no new mail taken, {} s for what is in flight",
         config.shutdown_timeout.as_secs()
     );
+    // Nothing new from the maildrop either; what is there waits for the next start.
+    let pickup = std::thread::spawn(move || pickup.stop());
     // Delivery stops handing out messages now, while the sessions drain, not after.
     let deliveries = std::thread::spawn(move || delivery.stop(deadline));
     let sessions = server.shut_down(deadline);
     let deliveries = deliveries.join().unwrap_or(0);
+    let _ = pickup.join();
     ::log::info!(
         "stopped ({sessions} sessions and {deliveries} deliveries cut off at the deadline)"
     );
@@ -315,8 +335,10 @@ fn stop(config: &Config, server: &server::Server, delivery: delivery::Delivery) 
 /// Opens the spool and binds the listeners as whoever started it; then, started as root,
 /// switches to `user` (the files named in the configuration are read as that user, so that
 /// what works at start keeps working when they are read again); then starts delivery and the
-/// accept loops.
-fn start(config: Arc<Config>) -> Result<(Arc<server::Server>, delivery::Delivery), String> {
+/// accept loops, and takes in what sendmail left in the maildrop.
+type Running = (Arc<server::Server>, delivery::Delivery, pickup::Pickup);
+
+fn start(config: Arc<Config>) -> Result<Running, String> {
     privileges::set_umask();
     let run_as = RunAs::decide(&config.user, config.allow_root)?;
     let owner = run_as.owner();
@@ -351,7 +373,10 @@ fn start(config: Arc<Config>) -> Result<(Arc<server::Server>, delivery::Delivery
         privileges::check_dir(dir, true).map_err(|e| format!("spool: {e}"))?;
     }
     privileges::check_dir(&config.mailbox_root, false).map_err(|e| format!("mailbox_root: {e}"))?;
-    let recovery = spool.recover().map_err(|e| e.to_string())?;
+    let mut recovery = spool.recover().map_err(|e| e.to_string())?;
+    // Mail left by sendmail while the daemon was stopped, before delivery starts.
+    let dropped = pickup::scan(&config, &spool, &std::sync::atomic::AtomicBool::new(false));
+    recovery.queued.extend(dropped.iter().cloned());
     let directory = directory::Directory::load(&config.mailbox_root, config.aliases.as_deref())
         .map_err(|e| e.to_string())?;
     let tls = match &config.tls {
@@ -384,13 +409,23 @@ fn start(config: Arc<Config>) -> Result<(Arc<server::Server>, delivery::Delivery
     )
     .map_err(|e| format!("cannot start delivery threads: {e}"))?;
     ::log::info!(
-        "postilion {VERSION} started as {}: spool {}, {} queued, {} debris removed, {} quarantined",
+        "postilion {VERSION} started as {}: spool {}, {} queued, {} debris removed, {} quarantined{}",
         config.hostname,
         config.spool.display(),
         recovery.queued.len(),
         recovery.debris_removed,
-        recovery.quarantined
+        recovery.quarantined,
+        match dropped.len() {
+            0 => String::new(),
+            n => format!(", {n} taken from the maildrop"),
+        }
     );
+    let pickup = pickup::start(
+        Arc::clone(&config),
+        Arc::clone(&spool),
+        delivery.queued.clone(),
+    )
+    .map_err(|e| format!("cannot start the maildrop thread: {e}"))?;
     let queued = delivery.queued.clone();
     let server = Arc::new(server::Server::new(
         Arc::clone(&config),
@@ -405,5 +440,5 @@ fn start(config: Arc<Config>) -> Result<(Arc<server::Server>, delivery::Delivery
         .map_err(|e| format!("cannot start a listener thread: {e}"))?;
     // Listeners bound, spool recovered, delivery running: systemd may start what needs mail.
     systemd::ready();
-    Ok((server, delivery))
+    Ok((server, delivery, pickup))
 }

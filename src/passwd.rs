@@ -62,6 +62,14 @@ pub fn find_user(passwd: &str, name: &str) -> Option<User> {
         .find(|user| user.name == name)
 }
 
+/// The first well-formed entry with uid `uid` in the text of a passwd file.
+pub fn find_user_by_uid(passwd: &str, uid: u32) -> Option<User> {
+    passwd
+        .lines()
+        .filter_map(parse_user)
+        .find(|user| user.uid == uid)
+}
+
 /// The name of group `gid` in the text of a group file (`name:password:gid:members` lines).
 pub fn find_group_name(group: &str, gid: u32) -> Option<String> {
     group
@@ -74,6 +82,11 @@ pub fn find_group_name(group: &str, gid: u32) -> Option<String> {
 /// Looks `name` up in `/etc/passwd`; `Ok(None)` when it is not there.
 pub fn user_by_name(name: &str) -> io::Result<Option<User>> {
     Ok(find_user(&fs::read_to_string(PASSWD)?, name))
+}
+
+/// Looks uid `uid` up in `/etc/passwd`; `Ok(None)` when no entry has it.
+pub fn user_by_uid(uid: u32) -> io::Result<Option<User>> {
+    Ok(find_user_by_uid(&fs::read_to_string(PASSWD)?, uid))
 }
 
 /// The name of group `gid` in `/etc/group`, if it has one there.
@@ -140,6 +153,22 @@ mail:x:8:alice,bob
             None,
             "names are exact"
         );
+    }
+
+    #[test]
+    fn users_are_found_by_uid_and_the_first_entry_wins() {
+        assert_eq!(
+            find_user_by_uid(PASSWD_SAMPLE, 998).map(|u| u.name),
+            Some("postilion".into())
+        );
+        assert_eq!(
+            find_user_by_uid(PASSWD_SAMPLE, 0).map(|u| u.name),
+            Some("root".into())
+        );
+        // Malformed and NIS lines name nobody.
+        assert_eq!(find_user_by_uid(PASSWD_SAMPLE, 1800), None);
+        assert_eq!(find_user_by_uid(PASSWD_SAMPLE, 1700), None);
+        assert_eq!(find_user_by_uid(PASSWD_SAMPLE, 4242), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crossbeam_channel::Sender;
 use crate::config::{Config, Role};
 use crate::directory::Directory;
 use crate::envelope::Envelope;
+use crate::missing_headers::{Defaults, HeaderFill};
 use crate::smtp::received;
 use crate::smtp::reply::Reply;
 use crate::smtp::sasl::Password;
@@ -249,6 +250,7 @@ impl Server {
             slot,
             stream,
             session,
+            may_relay,
             message: Message::None,
             out: Vec::with_capacity(512),
             messages: 0,
@@ -485,7 +487,8 @@ impl Drop for Slot<'_> {
 #[allow(clippy::large_enum_variant)]
 enum Message<'a> {
     None,
-    Open(Incoming<'a>, Envelope),
+    /// With what fills in missing headers, for clients whose headers we complete.
+    Open(Incoming<'a>, Envelope, Option<HeaderFill>),
     /// The spool could not even start it; DATA is read and answered 451.
     Failed(SpoolError),
 }
@@ -498,6 +501,8 @@ struct Connection<'a> {
     slot: Slot<'a>,
     stream: Stream,
     session: Session,
+    /// The client is in `relay_networks`: its messages get missing headers added.
+    may_relay: bool,
     message: Message<'a>,
     /// Replies waiting to be written.
     out: Vec<u8>,
@@ -601,8 +606,15 @@ impl Connection<'_> {
                 }
                 Output::MessageStart(envelope) => self.start_message(envelope),
                 Output::MessageData(bytes) => {
-                    if let Message::Open(incoming, _) = &mut self.message {
-                        incoming.write(&bytes);
+                    if let Message::Open(incoming, _, fill) = &mut self.message {
+                        match fill {
+                            Some(fill) => {
+                                let mut out = Vec::with_capacity(bytes.len());
+                                fill.feed(&bytes, &mut out);
+                                incoming.write(&out);
+                            }
+                            None => incoming.write(&bytes),
+                        }
                     }
                 }
                 Output::MessageEnd => self.commit(),
@@ -658,7 +670,18 @@ impl Connection<'_> {
                     self.session.tls(),
                 );
                 incoming.write(header.as_bytes());
-                Message::Open(incoming, envelope)
+                // As Postfix does for its local clients: Date:, Message-ID: and From: when
+                // missing, for our own networks and users, never for the world's mail.
+                let fill = (self.may_relay || envelope.auth.is_some()).then(|| {
+                    HeaderFill::new(Defaults::new(
+                        envelope.arrival,
+                        incoming.id(),
+                        &self.server.config.hostname,
+                        &envelope.reverse_path,
+                        None,
+                    ))
+                });
+                Message::Open(incoming, envelope, fill)
             }
             Err(e) => Message::Failed(e),
         };
@@ -666,7 +689,12 @@ impl Connection<'_> {
 
     fn commit(&mut self) {
         let result = match std::mem::replace(&mut self.message, Message::None) {
-            Message::Open(incoming, mut envelope) => {
+            Message::Open(mut incoming, mut envelope, fill) => {
+                if let Some(mut fill) = fill {
+                    let mut out = Vec::new();
+                    fill.finish(&mut out);
+                    incoming.write(&out);
+                }
                 let result = incoming.commit(&mut envelope);
                 if let Ok(queued) = &result {
                     self.accepted(queued.id(), &envelope);

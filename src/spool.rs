@@ -8,6 +8,10 @@
 //! then does it return a `Queued`, the one thing that lets a session answer 250 (invariant 1).
 //! A lock file keeps two servers off one spool. Everything here is its owner's alone:
 //! directories 0700, files 0600; root opening the spool for a user gives it what it makes.
+//! Two exceptions let `sendmail` (any local user) drop mail without the daemon: the root is
+//! 0711 (others may pass through, not list it) and `maildrop/` is 1733 (anyone may add a
+//! file, nobody but the owner may list it, and the sticky bit keeps users off each other's
+//! files); `pickup.rs` takes what is dropped there in through `incoming_as`.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -24,6 +28,10 @@ use crate::privileges::{self, Owner};
 
 /// Mode of every file made in the spool.
 const FILE_MODE: u32 = 0o600;
+/// The spool root: others may pass through to `maildrop/`, not list it.
+const ROOT_MODE: u32 = 0o711;
+/// `maildrop/`: anyone may add, nobody else may list or read, nobody may remove another's.
+pub const MAILDROP_MODE: u32 = 0o1733;
 
 /// Proof that a message is durably in `queue/`: only `Incoming::commit` makes one.
 #[derive(Debug, PartialEq, Eq)]
@@ -95,6 +103,7 @@ pub struct Spool {
     tmp: PathBuf,
     queue: PathBuf,
     corrupt: PathBuf,
+    maildrop: PathBuf,
     /// Held (and locked) for the life of the server.
     _lock: File,
 }
@@ -104,9 +113,14 @@ impl Spool {
     /// given to `owner`, when root opens the spool for the user it will switch to.
     pub fn open(root: &Path, owner: Option<Owner>) -> Result<Spool, SpoolError> {
         let (tmp, queue, corrupt) = (root.join("tmp"), root.join("queue"), root.join("corrupt"));
-        for dir in [root, &tmp, &queue, &corrupt] {
+        let maildrop = root.join("maildrop");
+        for dir in [root, &tmp, &queue, &corrupt, &maildrop] {
             privileges::create_dir(dir, owner).map_err(io_error("create directory", dir))?;
         }
+        // Set explicitly: the umask is 077. An older spool's 0700 root is opened up to 0711;
+        // another mode a person chose is left alone.
+        set_mode(root, ROOT_MODE, |mode| mode == 0o700)?;
+        set_mode(&maildrop, MAILDROP_MODE, |mode| mode != MAILDROP_MODE)?;
         let lock_path = root.join("lock");
         let mut options = OpenOptions::new();
         options.write(true).mode(FILE_MODE);
@@ -132,17 +146,54 @@ impl Spool {
             tmp,
             queue,
             corrupt,
+            maildrop,
             _lock: lock,
         })
+    }
+
+    /// `maildrop/`, where `sendmail` leaves mail.
+    pub fn maildrop(&self) -> &Path {
+        &self.maildrop
+    }
+
+    /// Whether `id` is in `queue/` already (its envelope is there).
+    pub fn is_queued(&self, id: &str) -> bool {
+        fs::symlink_metadata(self.queue.join(format!("{id}.env"))).is_ok()
+    }
+
+    /// Removes a maildrop file taken in (or found queued already), durably: it must not be
+    /// taken in again after a crash.
+    pub fn remove_maildrop(&self, name: &str) -> Result<(), SpoolError> {
+        let path = self.maildrop.join(name);
+        fs::remove_file(&path).map_err(io_error("remove", &path))?;
+        sync_dir(&self.maildrop)
+    }
+
+    /// Moves a maildrop file that cannot be taken in to `corrupt/maildrop.NAME`.
+    pub fn quarantine_maildrop(&self, name: &str) -> Result<PathBuf, SpoolError> {
+        let (from, to) = (
+            self.maildrop.join(name),
+            self.corrupt.join(format!("maildrop.{name}")),
+        );
+        fs::rename(&from, &to).map_err(io_error("move to corrupt/", &from))?;
+        sync_dir(&self.corrupt)?;
+        sync_dir(&self.maildrop)?;
+        Ok(to)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// The spool's directories: the root, `tmp/`, `queue/` and `corrupt/`.
-    pub fn dirs(&self) -> [&Path; 4] {
-        [&self.root, &self.tmp, &self.queue, &self.corrupt]
+    /// The spool's directories: the root, `tmp/`, `queue/`, `corrupt/` and `maildrop/`.
+    pub fn dirs(&self) -> [&Path; 5] {
+        [
+            &self.root,
+            &self.tmp,
+            &self.queue,
+            &self.corrupt,
+            &self.maildrop,
+        ]
     }
 
     /// Removes crash debris from `tmp/`, moves unreadable queue files to `corrupt/`, and
@@ -261,7 +312,12 @@ impl Spool {
 
     /// Starts a new message in `tmp/` under a fresh queue id.
     pub fn incoming(&self) -> Result<Incoming<'_>, SpoolError> {
-        let id = new_id();
+        self.incoming_as(new_id())
+    }
+
+    /// A new message with a given id (a maildrop file's name, checked by the caller): its
+    /// commit fails rather than replace a message queued with that id.
+    pub fn incoming_as(&self, id: String) -> Result<Incoming<'_>, SpoolError> {
         let path = self.tmp.join(format!("{id}.msg"));
         let file = OpenOptions::new()
             .write(true)
@@ -290,6 +346,21 @@ fn list(dir: &Path) -> Result<Vec<String>, SpoolError> {
     Ok(names)
 }
 
+/// Gives `dir` `mode` when `wrong(its mode)`.
+fn set_mode(dir: &Path, mode: u32, wrong: impl Fn(u32) -> bool) -> Result<(), SpoolError> {
+    use std::os::unix::fs::PermissionsExt;
+    let current = fs::symlink_metadata(dir)
+        .map_err(io_error("read the mode of", dir))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if wrong(current) {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+            .map_err(io_error("set the mode of", dir))?;
+    }
+    Ok(())
+}
+
 /// Makes renames into `dir` durable: on ext4 without a journal a rename alone is not.
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
@@ -301,7 +372,7 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
 /// process. Unique without locking and sortable by arrival time; the random part keeps ids
 /// apart after a clock step on a box whose pids repeat at each boot (the id also names the
 /// message's Maildir files, which must never be taken for another message's).
-fn new_id() -> String {
+pub fn new_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     static NONCE: OnceLock<u32> = OnceLock::new();
     let nonce = NONCE.get_or_init(|| {
@@ -503,9 +574,12 @@ mod tests {
         let id = incoming.commit(&mut envelope()).unwrap().id().to_string();
         spool.update(&id, &envelope()).unwrap();
         let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
-        for sub in ["", "tmp", "queue", "corrupt"] {
+        for sub in ["tmp", "queue", "corrupt"] {
             assert_eq!(mode(&dir.join(sub)), 0o700, "{sub}/");
         }
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dir), 0o711, "the root: passed through, not listed");
+        assert_eq!(mode(&dir.join("maildrop")), 0o1733, "maildrop/");
         for file in [
             "lock".to_string(),
             format!("queue/{id}.msg"),
@@ -535,7 +609,7 @@ mod tests {
             let meta = fs::metadata(dir.join(sub)).unwrap();
             (meta.uid(), meta.gid())
         };
-        for sub in ["tmp", "corrupt", "lock"] {
+        for sub in ["tmp", "corrupt", "maildrop", "lock"] {
             assert_eq!(ids(sub), (65534, 65533), "{sub}");
         }
         assert_eq!(ids("queue"), (0, 0), "not made here: left as it is");

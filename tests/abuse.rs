@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::thread;
 
-use common::{queue_id, split_received, wait_until, Client, Server, Tmpfs};
+use common::{queue_id, split_received, wait_until, Client, Server, Tmpfs, COMPLETE};
 
 #[test]
 fn line_of_100_kib_is_500_5_5_6_and_the_session_goes_on() {
@@ -30,10 +30,13 @@ fn nul_bytes_in_commands_are_refused_and_kept_in_content() {
     c.send(b"\0\0\0\0\r\n");
     c.expect("500 5.5.2");
     c.start_data();
-    c.send(b"Subject: nul\r\n\r\na\0b\r\n.\r\n");
+    c.send(format!("Subject: nul\r\n{COMPLETE}\r\na\0b\r\n.\r\n"));
     let id = queue_id(&c.expect("250 2.0.0"));
     let (_, body) = split_received(&server.queued_message(&id));
-    assert_eq!(body, b"Subject: nul\r\n\r\na\0b\r\n");
+    assert_eq!(
+        body,
+        format!("Subject: nul\r\n{COMPLETE}\r\na\0b\r\n").as_bytes()
+    );
 }
 
 #[test]

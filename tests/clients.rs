@@ -1,17 +1,19 @@
 //! Real SMTP clients against the real binary: lettre, Python's smtplib, and raw pipelining.
-//! The queued file must be the sent message, byte for byte, after our Received: header.
+//! The queued file must be the sent message, byte for byte, after our Received: header (the
+//! messages have the Date:, Message-ID: and From: that would otherwise be added).
 
 mod common;
 
 use std::process::Command;
 
-use common::{queue_id, split_received, Client, Server};
+use common::{queue_id, split_received, Client, Server, COMPLETE};
 use lettre::address::Envelope;
 use lettre::{SmtpTransport, Transport};
 
 /// A message with the awkward parts: dot lines, 8-bit text, a long line, empty lines.
 fn tricky_message() -> Vec<u8> {
-    let mut m = b"From: Ann <ann@client.test>\r\nTo: alice@example.test\r\nSubject: tricky\r\n\r\n"
+    let mut m = b"From: Ann <ann@client.test>\r\nTo: alice@example.test\r\nSubject: tricky\r\n\
+        Date: Mon, 1 Dec 2025 10:00:00 +0000\r\nMessage-ID: <tricky@client.test>\r\n\r\n"
         .to_vec();
     m.extend_from_slice(b".starts with a dot\r\n..two dots\r\n.\r\n");
     m.extend_from_slice("8-bit: gr\u{fc}\u{df}e, \u{65e5}\u{672c}\r\n".as_bytes());
@@ -67,7 +69,7 @@ fn python_smtplib_message_is_queued_byte_for_byte() {
     let script = r#"
 import smtplib, sys
 port = int(sys.argv[1])
-msg = b"Subject: from python\r\n\r\n.dot line\r\nline two\r\n"
+msg = b"Subject: from python\r\nDate: Mon, 1 Dec 2025 10:00:00 +0000\r\nMessage-ID: <py@client.test>\r\nFrom: sender@client.test\r\n\r\n.dot line\r\nline two\r\n"
 with smtplib.SMTP("127.0.0.1", port) as s:
     s.ehlo("python.client.test")
     assert s.has_extn("pipelining") and s.has_extn("8bitmime") and s.has_extn("enhancedstatuscodes")
@@ -98,7 +100,7 @@ with smtplib.SMTP("127.0.0.1", port) as s:
     let (received, body) = split_received(&server.queued_message(&id));
     assert_eq!(
         body,
-        b"Subject: from python\r\n\r\n.dot line\r\nline two\r\n"
+        b"Subject: from python\r\nDate: Mon, 1 Dec 2025 10:00:00 +0000\r\nMessage-ID: <py@client.test>\r\nFrom: sender@client.test\r\n\r\n.dot line\r\nline two\r\n"
     );
     assert!(
         received.starts_with("Received: from python.client.test ([127.0.0.1])\r\n"),
@@ -124,7 +126,7 @@ fn pipelined_batch_in_one_write_is_answered_in_order() {
     c.expect("250 2.1.5");
     c.expect("354 ");
     // Message, next transaction and QUIT in one write too.
-    c.send("Subject: one\r\n\r\nbody\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nDATA\r\nSubject: two\r\n\r\n.\r\nQUIT\r\n");
+    c.send(format!("Subject: one\r\n\r\nbody\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nDATA\r\nSubject: two\r\n{COMPLETE}\r\n.\r\nQUIT\r\n"));
     let first = queue_id(&c.expect("250 2.0.0"));
     c.expect("250 2.1.0");
     c.expect("250 2.1.5");
@@ -135,7 +137,7 @@ fn pipelined_batch_in_one_write_is_answered_in_order() {
     assert_ne!(first, second);
     assert_eq!(server.queue_files(".msg").len(), 2);
     let (_, body) = split_received(&server.queued_message(&second));
-    assert_eq!(body, b"Subject: two\r\n\r\n");
+    assert_eq!(body, format!("Subject: two\r\n{COMPLETE}\r\n").as_bytes());
 }
 
 #[test]
@@ -259,7 +261,7 @@ fn bdat_chunks_as_exchange_sends_them() {
     let server = Server::start("bdat", &[]);
     let mut c = Client::hello(server.addr);
     // Pipelined: envelope and the first chunk (with bare LFs, as Microsoft sends) in one write.
-    let first = b"Subject: chunked\n\n.line one\n";
+    let first = b"Subject: chunked\nDate: Mon, 1 Dec 2025 10:00:00 +0000\nMessage-ID: <c@x.test>\nFrom: ex@client.test\n\n.line one\n";
     let second = b"line two\r\n";
     let mut batch =
         b"MAIL FROM:<ex@client.test> BODY=8BITMIME\r\nRCPT TO:<alice@example.test>\r\n".to_vec();
@@ -273,6 +275,9 @@ fn bdat_chunks_as_exchange_sends_them() {
     c.expect(&format!("250 2.0.0 Ok: {} octets received", first.len()));
     let id = queue_id(&c.expect("250 2.0.0 Ok: queued as"));
     let (_, body) = split_received(&server.queued_message(&id));
-    assert_eq!(body, b"Subject: chunked\r\n\r\n.line one\r\nline two\r\n");
+    assert_eq!(
+        body,
+        b"Subject: chunked\r\nDate: Mon, 1 Dec 2025 10:00:00 +0000\r\nMessage-ID: <c@x.test>\r\nFrom: ex@client.test\r\n\r\n.line one\r\nline two\r\n"
+    );
     assert!(server.queued_envelope(&id).contains("Body: 8BITMIME\n"));
 }

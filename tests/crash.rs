@@ -6,10 +6,10 @@ mod common;
 use std::fs;
 use std::sync::Arc;
 
-use common::{queue_id, split_received, wait_until, Client, Load, Server, TempDir};
+use common::{queue_id, split_received, wait_until, Client, Load, Server, TempDir, COMPLETE};
 
 fn body(client: usize, n: usize) -> Vec<u8> {
-    let mut b = format!("Subject: c{client} m{n}\r\n\r\n").into_bytes();
+    let mut b = format!("Subject: c{client} m{n}\r\n{COMPLETE}\r\n").into_bytes();
     for line in 0..40 {
         b.extend_from_slice(
             format!("client {client} message {n} line {line} ........\r\n").as_bytes(),

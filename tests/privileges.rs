@@ -9,78 +9,11 @@ use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use common::delivery::{queue_test_message, wait_for_mail, DELIVER};
-use common::{base_args, flags, wait_until, Server, TempDir, BIN, DEADLINE};
-
-fn is_root() -> bool {
-    fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
-/// A system user made for one test with `useradd --system`, removed (with its group) on drop.
-struct TestUser {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-impl TestUser {
-    /// `None` when that is not possible here (not root, no useradd).
-    fn create() -> Option<TestUser> {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "pt-priv-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        // useradd gives up at once when another one holds the lock on /etc/passwd.
-        let start = Instant::now();
-        loop {
-            let made = Command::new("useradd")
-                .args(["--system", "--user-group", "--no-create-home"])
-                .args(["--shell", "/usr/sbin/nologin", &name])
-                .status()
-                .ok()?;
-            if made.success() {
-                break;
-            }
-            if start.elapsed() > DEADLINE {
-                return None;
-            }
-            std::thread::park_timeout(std::time::Duration::from_millis(50));
-        }
-        let id = |flag: &str| -> u32 {
-            let out = Command::new("id").args([flag, &name]).output().unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-        };
-        let user = TestUser {
-            uid: id("-u"),
-            gid: id("-g"),
-            name,
-        };
-        Some(user)
-    }
-
-    fn chown(&self, path: &Path) {
-        std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid)).unwrap();
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).status();
-        // userdel removes the group too when nobody else is in it; make sure.
-        let _ = Command::new("groupdel")
-            .arg(&self.name)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
+use common::user::{is_root, TestUser};
+use common::{base_args, flags, wait_until, Server, TempDir, BIN};
 
 /// The values of a `Name:` line of `/proc/PID/status`, split at white space.
 fn status_line(pid: u32, name: &str) -> Vec<String> {
@@ -158,10 +91,15 @@ fn started_as_root_it_runs_as_the_user_and_still_receives_and_delivers() {
 
     // The spool is the user's alone; a queued message too (remote mail waits: no DNS here).
     let waiting = queue_test_message(&server, "ann@client.test", &["bob@remote.test"], b"x\r\n");
-    for sub in ["", "tmp", "queue", "corrupt"] {
+    for sub in ["tmp", "queue", "corrupt"] {
         let made = server.spool.join(sub);
         assert_eq!(owner_and_mode(&made), (user.uid, user.gid, 0o700), "{sub}/");
     }
+    // For sendmail: the root may be passed through, maildrop/ added to, neither listed.
+    let root = owner_and_mode(&server.spool);
+    assert_eq!(root, (user.uid, user.gid, 0o711), "the spool root");
+    let maildrop = owner_and_mode(&server.spool.join("maildrop"));
+    assert_eq!(maildrop, (user.uid, user.gid, 0o1733), "maildrop/");
     for file in [
         "lock".to_string(),
         format!("queue/{waiting}.msg"),

@@ -208,9 +208,13 @@ fn outbound_bytes_are_exactly_what_was_queued_with_crlf_only() {
     // The message arrives as queued: our Received: header, then the client's bytes.
     assert!(got.message.starts_with(b"Received: from client.test"));
     assert!(String::from_utf8_lossy(&got.message).contains(&format!("id {id}")));
-    assert!(got
-        .message
-        .ends_with(&[b"Subject: test\r\n\r\n".as_slice(), &body].concat()));
+    assert!(got.message.ends_with(
+        &[
+            format!("\r\nMessage-ID: <{id}@mx.test>\r\nFrom: ann@client.test\r\n\r\n").as_bytes(),
+            &body
+        ]
+        .concat()
+    ));
     // On the wire: dot-stuffed exactly, CRLF line ends only, the one terminator at the end.
     let mut expected_raw = Vec::new();
     for line in got.message.split_inclusive(|&b| b == b'\n') {

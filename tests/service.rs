@@ -178,14 +178,25 @@ fn make_install_and_uninstall() {
     let sbin = dest.join("usr/local/sbin/postilion");
     assert_eq!(fs::read(&sbin).unwrap(), fs::read(BIN).unwrap());
     assert_eq!(mode(&sbin), 0o755);
-    // No sendmail or mailq link until those commands exist: it would shadow another MTA's.
-    for link in [
-        "usr/local/sbin/sendmail",
-        "usr/local/lib/sendmail",
-        "usr/local/bin/mailq",
+    // sendmail in Debian's two places; no mailq link (it comes with the queue tools).
+    for (link, target) in [
+        ("usr/local/sbin/sendmail", "postilion"),
+        ("usr/local/lib/sendmail", "../sbin/postilion"),
     ] {
-        assert!(fs::symlink_metadata(dest.join(link)).is_err(), "{link}");
+        assert_eq!(
+            fs::read_link(dest.join(link)).unwrap(),
+            Path::new(target),
+            "{link}"
+        );
     }
+    assert!(printed.contains("ln -s postilion "), "{printed}");
+    assert!(fs::symlink_metadata(dest.join("usr/local/bin/mailq")).is_err());
+    // Again: the links are there, nothing to say about them.
+    let again = make("install", &dest, "/usr/local");
+    assert!(
+        !again.contains("ln -s") && !again.contains("not a link"),
+        "{again}"
+    );
     let unit = dest.join("etc/systemd/system/postilion.service");
     assert_eq!(
         fs::read_to_string(&unit).unwrap(),
@@ -215,6 +226,14 @@ fn make_install_and_uninstall() {
     .unwrap();
     let printed = make("install", &other, "/usr");
     assert!(printed.contains("exists: kept"), "{printed}");
+    assert!(
+        printed.contains("usr/sbin/sendmail is not a link to postilion (another MTA's?): left"),
+        "{printed}"
+    );
+    assert_eq!(
+        fs::read_link(other.join("usr/lib/sendmail")).unwrap(),
+        Path::new("../sbin/postilion")
+    );
     let unit = fs::read_to_string(other.join("etc/systemd/system/postilion.service")).unwrap();
     assert!(unit.contains("\nExecStart=/usr/sbin/postilion serve --config /etc/postilion.conf\n"));
     assert_eq!(

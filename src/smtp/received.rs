@@ -48,6 +48,16 @@ pub fn header(
     )
 }
 
+/// `Received: by HOST (Postilion, from userid UID) id ID; DATE` for mail taken from the
+/// maildrop, as Postfix's pickup writes it: the uid is the file owner's, the one fact about
+/// its origin that the sender cannot make up.
+pub fn local_header(hostname: &str, uid: u32, id: &str, now: u64) -> String {
+    format!(
+        "Received: by {hostname} (Postilion, from userid {uid})\r\n\tid {id};\r\n\t{}\r\n",
+        datetime::rfc5322(now)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +82,14 @@ mod tests {
         assert_eq!(
             header(&env, "mx.example", "ID1", 0, None),
             "Received: from client ?evil???X: y ([IPv6:::1])\r\n\tby mx.example (Postilion) with ESMTP id ID1\r\n\tfor <postmaster>;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
+        );
+    }
+
+    #[test]
+    fn local_header_form() {
+        assert_eq!(
+            local_header("mx.example", 1000, "ID1", 0),
+            "Received: by mx.example (Postilion, from userid 1000)\r\n\tid ID1;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
         );
     }
 }

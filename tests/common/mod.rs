@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod dns;
 pub mod sink;
 pub mod tls;
+pub mod user;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,6 +23,11 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_postilion");
 pub const DEADLINE: Duration = Duration::from_secs(20);
+/// The header fields a message from one of our own clients (127.0.0.1 is in the default
+/// `relay_networks`) must have for nothing to be added to it (README, "Missing headers"):
+/// for tests that compare what is stored with what was sent.
+pub const COMPLETE: &str =
+    "Date: Mon, 1 Dec 2025 10:00:00 +0000\r\nMessage-ID: <test@client.test>\r\nFrom: ann@client.test\r\n";
 
 /// A fresh directory under the system temp dir; removed on drop unless the test failed.
 pub struct TempDir(pub PathBuf);

@@ -1,0 +1,306 @@
+//! sendmail with the real binary, as root (as CI runs) with users made for the test: the
+//! daemon runs as one, an ordinary user sends as another. Mail left while the daemon is
+//! stopped is delivered at the next start with the user's own sender; mail dropped while it
+//! runs is taken in promptly; `-t` with Bcc:; missing Date:/Message-ID:/From: added for
+//! sendmail and for SMTP clients in relay_networks only; `-f` used for root only; the maildrop
+//! cannot be listed; usage and spool errors are sysexits codes; hard links and files of
+//! unknown owners are quarantined.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+
+use common::delivery::{wait_for_mail, DELIVER};
+use common::user::{is_root, TestUser};
+use common::{list, queue_message, wait_until, Server, TempDir, BIN};
+
+/// Runs `postilion sendmail ARGS` as `user` (root when `None`) with `input` on stdin.
+fn sendmail(user: Option<&TestUser>, args: &[&str], input: &[u8]) -> Output {
+    let mut command = Command::new(BIN);
+    command
+        .arg("sendmail")
+        .args(args)
+        .env_remove("POSTILION_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(user) = user {
+        command.uid(user.uid).gid(user.gid);
+    }
+    let mut child = command.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A configuration file naming the test spool, readable by everyone.
+fn config_file(dir: &Path) -> String {
+    let path = dir.join("postilion.conf");
+    let text = format!(
+        "spool = {}\nhostname = mx.test\n",
+        dir.join("spool").display()
+    );
+    fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// A temp dir with Maildirs for alice and bob owned by `daemon`, the daemon's flags, and
+/// the configuration file for sendmail.
+fn setup(name: &str, daemon: &TestUser) -> (Arc<TempDir>, String) {
+    let dir = Arc::new(TempDir::new(name));
+    common::base_args(&dir.0);
+    fs::create_dir_all(dir.0.join("mail/bob")).unwrap();
+    for user in ["", "alice", "bob"] {
+        daemon.chown(&dir.0.join("mail").join(user));
+    }
+    let conf = config_file(&dir.0);
+    (dir, conf)
+}
+
+fn users() -> Option<(TestUser, TestUser)> {
+    if !is_root() {
+        eprintln!("SKIPPED: not root");
+        return None;
+    }
+    match (TestUser::create(), TestUser::create()) {
+        (Some(daemon), Some(sender)) => Some((daemon, sender)),
+        _ => {
+            eprintln!("SKIPPED: cannot create users");
+            None
+        }
+    }
+}
+
+fn header_value<'a>(message: &'a str, name: &str) -> Option<&'a str> {
+    let head = message.split("\n\n").next().unwrap_or("");
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+}
+
+#[test]
+fn mail_dropped_while_stopped_is_delivered_at_start_with_the_users_own_sender() {
+    let Some((daemon, sender)) = users() else {
+        return;
+    };
+    let (dir, conf) = setup("dropped", &daemon);
+    let run_as = ["--user", daemon.name.as_str()];
+    // The daemon makes the spool, then stops.
+    let mut first = Server::start_in(&dir.0, &run_as, Some(Arc::clone(&dir)));
+    first.wait_for_log("started as mx.test");
+    first.kill();
+
+    // An ordinary user: -f is not its to choose. No Date:, Message-ID: or From:.
+    let out = sendmail(
+        Some(&sender),
+        &["-C", &conf, "-f", "ceo@bank.test", "alice@example.test"],
+        b"Subject: while stopped\n\nhello\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    // It cannot see what is in the maildrop, nor the spool.
+    for sub in ["spool/maildrop", "spool"] {
+        let ls = Command::new("ls")
+            .arg(dir.0.join(sub))
+            .uid(sender.uid)
+            .gid(sender.gid)
+            .output()
+            .unwrap();
+        assert!(!ls.status.success(), "{sub} listed: {ls:?}");
+        assert!(
+            String::from_utf8_lossy(&ls.stderr).contains("Permission denied"),
+            "{ls:?}"
+        );
+    }
+    assert_eq!(list(&dir.0.join("spool/maildrop"), "").len(), 1);
+
+    // The maildrop is rescanned only hourly: mail dropped while it runs must be noticed by
+    // the watch on the directory.
+    let watched = [
+        "--delivery-threads",
+        "2",
+        "--queue-scan-interval",
+        "1h",
+        "--user",
+        daemon.name.as_str(),
+    ];
+    let server = Server::start_in(&dir.0, &watched, Some(Arc::clone(&dir)));
+    let started = server.wait_for_log("started as mx.test");
+    assert!(started.contains("1 taken from the maildrop"), "{started}");
+    let mail = wait_for_mail(&server.mail.join("alice"), 1);
+    let own = format!("{}@mx.test", sender.name);
+    assert_eq!(
+        header_value(&mail[0], "Return-Path"),
+        Some(&*format!("<{own}>"))
+    );
+    assert_eq!(header_value(&mail[0], "From"), Some(own.as_str()));
+    assert!(header_value(&mail[0], "Date").is_some(), "{}", mail[0]);
+    let logged = server.wait_for_log("via sendmail");
+    assert!(
+        logged.contains(&format!(
+            "from <{own}> (uid {} {})",
+            sender.uid, sender.name
+        )) && logged.contains("(-f ignored: not in trusted_senders)")
+            && logged.contains("1 recipients"),
+        "{logged}"
+    );
+    let id = logged.split(':').find(|w| w.contains(".M")).unwrap();
+    let id = id.split_whitespace().last().unwrap();
+    assert_eq!(
+        header_value(&mail[0], "Message-ID"),
+        Some(&*format!("<{id}@mx.test>"))
+    );
+    assert!(
+        mail[0].contains(&format!("(Postilion, from userid {})", sender.uid)),
+        "{}",
+        mail[0]
+    );
+    assert!(mail[0].ends_with("\n\nhello\n"), "{}", mail[0]);
+    assert!(list(&dir.0.join("spool/maildrop"), "").is_empty());
+
+    // While it runs: -t with Bcc:, taken in promptly; Bcc: in neither copy; the headers the
+    // message has are kept.
+    let out = sendmail(
+        Some(&sender),
+        &["-C", &conf, "-t", "-i"],
+        b"To: Alice <alice@example.test>\nBcc: bob@example.test\nDate: Mon, 1 Dec 2025 10:00:00 +0000\nMessage-ID: <own@x.test>\nSubject: t\n\n.\nbody\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let alice = wait_for_mail(&server.mail.join("alice"), 2);
+    let bob = wait_for_mail(&server.mail.join("bob"), 1);
+    assert!(!alice[1].contains("bob@"), "{}", alice[1]);
+    for copy in [&alice[1], &bob[0]] {
+        assert!(!copy.contains("Bcc:"), "{copy}");
+        assert_eq!(header_value(copy, "Message-ID"), Some("<own@x.test>"));
+        assert_eq!(
+            header_value(copy, "Date"),
+            Some("Mon, 1 Dec 2025 10:00:00 +0000")
+        );
+        // -i: the "." line is content.
+        assert!(copy.ends_with("\n\n.\nbody\n"), "{copy}");
+    }
+
+    // Root may choose its sender.
+    let out = sendmail(
+        None,
+        &[
+            "-C",
+            &conf,
+            "-f",
+            "ceo@bank.test",
+            "-F",
+            "The Boss",
+            "alice",
+        ],
+        b"Subject: from root\n\nx\n.\nnot read\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let alice = wait_for_mail(&server.mail.join("alice"), 3);
+    assert_eq!(
+        header_value(&alice[2], "Return-Path"),
+        Some("<ceo@bank.test>")
+    );
+    assert_eq!(
+        header_value(&alice[2], "From"),
+        Some("The Boss <ceo@bank.test>")
+    );
+    // Without -i a "." line ends the message.
+    assert!(alice[2].ends_with("\n\nx\n"), "{}", alice[2]);
+}
+
+#[test]
+fn a_bad_flag_is_64_and_a_spool_that_cannot_be_written_is_75() {
+    let dir = TempDir::new("sendmail-errors");
+    let conf = config_file(&dir.0);
+    let out = sendmail(None, &["-C", &conf, "-Z", "alice"], b"x\n");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("sendmail: unknown option -Z"), "{err}");
+
+    let out = sendmail(None, &["-C", &conf], b"x\n");
+    assert_eq!(out.status.code(), Some(64), "no recipient: {out:?}");
+
+    // No daemon ever made this spool.
+    let out = sendmail(None, &["-C", &conf, "alice"], b"Subject: x\n\nx\n");
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("sendmail: cannot write to ") && err.contains("maildrop"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_hard_link_or_a_file_of_an_unknown_owner_is_quarantined_not_delivered() {
+    if !is_root() {
+        eprintln!("SKIPPED: not root");
+        return;
+    }
+    let server = Server::start("sendmail-quarantine", DELIVER);
+    server.wait_for_log("started as mx.test");
+    let maildrop = server.spool.join("maildrop");
+    let file = b"Rcpt: alice@example.test\n\nSubject: x\n\nx\n";
+    // A hard link to a file elsewhere (someone else's, in real life).
+    let elsewhere = server.dir.join("elsewhere");
+    fs::write(&elsewhere, file).unwrap();
+    let linked = "1764270000.M000001P1Q0R0123abcd";
+    fs::hard_link(&elsewhere, maildrop.join(linked)).unwrap();
+    // Owned by a uid no user has.
+    let orphan = "1764270000.M000002P1Q0R0123abcd";
+    let tmp = maildrop.join(".orphan.tmp");
+    fs::write(&tmp, file).unwrap();
+    std::os::unix::fs::chown(&tmp, Some(3_999_999), Some(3_999_999)).unwrap();
+    fs::rename(&tmp, maildrop.join(orphan)).unwrap();
+
+    server.wait_for_log_with(&[linked, "not taken (it has 2 links)"]);
+    server.wait_for_log_with(&[
+        orphan,
+        "not taken (owner uid 3999999 is not in /etc/passwd)",
+    ]);
+    wait_until("both in corrupt/", || {
+        list(&server.spool.join("corrupt"), "").len() == 2
+    });
+    assert!(list(&maildrop, "").is_empty());
+    assert!(server.queue_files("").is_empty());
+    assert!(common::maildir(&server.mail.join("alice")).is_empty());
+    assert_eq!(
+        fs::read(&elsewhere).unwrap(),
+        file,
+        "the other name is untouched"
+    );
+}
+
+#[test]
+fn smtp_mail_from_relay_networks_gets_missing_headers_and_other_mail_does_not() {
+    let message = b"Subject: bare\r\n\r\nbody\r\n";
+    // 127.0.0.1 is in the default relay_networks.
+    let server = Server::start("fill-local", &[]);
+    let id = queue_message(&server, "ann@client.test", &["alice@example.test"], message);
+    let queued = String::from_utf8(server.queued_message(&id)).unwrap();
+    let (_, rest) = common::split_received(queued.as_bytes());
+    let rest = String::from_utf8(rest).unwrap();
+    let head = rest.split("\r\n\r\n").next().unwrap();
+    assert!(head.starts_with("Subject: bare\r\nDate: "), "{rest}");
+    assert!(
+        head.contains(&format!(
+            "\r\nMessage-ID: <{id}@mx.test>\r\nFrom: ann@client.test"
+        )),
+        "{rest}"
+    );
+    assert!(rest.ends_with("\r\n\r\nbody\r\n"), "{rest}");
+
+    let outside = Server::start("fill-outside", &["--relay-networks", "192.0.2.0/24"]);
+    let id = queue_message(
+        &outside,
+        "ann@client.test",
+        &["alice@example.test"],
+        message,
+    );
+    let (_, rest) = common::split_received(&outside.queued_message(&id));
+    assert_eq!(rest, message, "untouched");
+}
