@@ -13,6 +13,7 @@ mod envelope;
 mod log;
 mod passwd;
 mod privileges;
+mod queue;
 mod server;
 mod smtp;
 mod spool;
@@ -63,7 +64,14 @@ fn usage() -> String {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let queue_config = |args: &[String]| load_config(args).map(|(_, config)| config);
+    let invoked_as = std::env::args_os().next().unwrap_or_default();
+    if Path::new(&invoked_as).file_name() == Some("mailq".as_ref()) {
+        let list: Vec<String> = ["list".to_string()].into_iter().chain(args).collect();
+        return queue::run(&list, &queue_config);
+    }
     match args.first().map(String::as_str) {
+        Some("queue") => queue::run(&args[1..], &queue_config),
         Some("serve") => serve(&args[1..]),
         Some("check-config") => check_config(&args[1..]),
         Some("passwd") => passwd(&args[1..]),
@@ -376,13 +384,16 @@ fn start(config: Arc<Config>) -> Result<(Arc<server::Server>, delivery::Delivery
         })
         .collect();
     let directory = Arc::new(directory);
-    let delivery = delivery::start(
+    let mut delivery = delivery::start(
         Arc::clone(&config),
         Arc::clone(&spool),
         Arc::clone(&directory),
         recovery.queued.clone(),
     )
     .map_err(|e| format!("cannot start delivery threads: {e}"))?;
+    delivery
+        .serve_control(&config.spool)
+        .map_err(|e| format!("cannot open the control socket: {e}"))?;
     ::log::info!(
         "postilion {VERSION} started as {}: spool {}, {} queued, {} debris removed, {} quarantined",
         config.hostname,
