@@ -58,18 +58,27 @@ test: deps lint
 bench:
 	$(CARGO) bench --bench load
 
-# The binary (the sendmail and mailq links come with those commands: a link to a program
-# that does not answer as sendmail yet would shadow another MTA's on PATH), the unit
+# The binary, the link bin/mailq -> ../sbin/postilion (never in place of another MTA's mailq:
+# one that is not a link to postilion is kept, with a word; the sendmail links come with that
+# command: a link to a program that does not answer as sendmail yet would shadow another
+# MTA's on PATH), the unit
 # (its ExecStart under PREFIX), the example configuration unless there is one, the spool and
 # the mailboxes. As root with no DESTDIR: the `postilion` user too, and the two directories
-# made its own. Links an earlier version made to postilion as sendmail or mailq are removed;
-# another MTA's are never touched.
+# made its own. Links an earlier version made to postilion as sendmail are removed; another
+# MTA's are never touched.
 install: $(BINARY)
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/etc/systemd/system
 	install -m 0755 $(BINARY) $(DESTDIR)$(PREFIX)/sbin/postilion
 	@$(call unlink,postilion,$(DESTDIR)$(PREFIX)/sbin/sendmail)
 	@$(call unlink,../sbin/postilion,$(DESTDIR)$(PREFIX)/lib/sendmail)
-	@$(call unlink,../sbin/postilion,$(DESTDIR)$(PREFIX)/bin/mailq)
+	install -d $(DESTDIR)$(PREFIX)/bin
+	@link=$(DESTDIR)$(PREFIX)/bin/mailq; \
+	if [ "$$(readlink "$$link")" = ../sbin/postilion ]; then :; \
+	elif [ -e "$$link" ] || [ -L "$$link" ]; then \
+		echo "$$link exists and is not a link to postilion: kept (another MTA's mailq)"; \
+	else \
+		echo "ln -s ../sbin/postilion $$link"; ln -s ../sbin/postilion "$$link" || exit 1; \
+	fi
 	sed 's|^ExecStart=/usr/local/sbin/postilion |ExecStart=$(PREFIX)/sbin/postilion |' \
 		contrib/postilion.service > $(DESTDIR)/etc/systemd/system/postilion.service
 	chmod 0644 $(DESTDIR)/etc/systemd/system/postilion.service

@@ -178,14 +178,31 @@ fn make_install_and_uninstall() {
     let sbin = dest.join("usr/local/sbin/postilion");
     assert_eq!(fs::read(&sbin).unwrap(), fs::read(BIN).unwrap());
     assert_eq!(mode(&sbin), 0o755);
-    // No sendmail or mailq link until those commands exist: it would shadow another MTA's.
-    for link in [
-        "usr/local/sbin/sendmail",
-        "usr/local/lib/sendmail",
-        "usr/local/bin/mailq",
-    ] {
+    // No sendmail link until that command exists: it would shadow another MTA's.
+    for link in ["usr/local/sbin/sendmail", "usr/local/lib/sendmail"] {
         assert!(fs::symlink_metadata(dest.join(link)).is_err(), "{link}");
     }
+    let mailq = dest.join("usr/local/bin/mailq");
+    assert_eq!(
+        fs::read_link(&mailq).unwrap(),
+        Path::new("../sbin/postilion"),
+        "{printed}"
+    );
+    let spool = root.0.join("spool");
+    fs::create_dir_all(spool.join("queue")).unwrap();
+    let out = Command::new(&mailq)
+        .args(["--spool", spool.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out),
+        "Mail queue is empty\n",
+        "mailq is postilion queue list"
+    );
+    // Installed again over its own link: no complaint, the link stays.
+    let again = make("install", &dest, "/usr/local");
+    assert!(!again.contains("mailq exists"), "{again}");
+    assert!(fs::symlink_metadata(&mailq).unwrap().is_symlink());
     let unit = dest.join("etc/systemd/system/postilion.service");
     assert_eq!(
         fs::read_to_string(&unit).unwrap(),
@@ -213,8 +230,19 @@ fn make_install_and_uninstall() {
         "#!/bin/sh\n# another MTA\n",
     )
     .unwrap();
+    fs::create_dir_all(other.join("usr/bin")).unwrap();
+    std::os::unix::fs::symlink("../sbin/sendmail", other.join("usr/bin/mailq")).unwrap();
     let printed = make("install", &other, "/usr");
     assert!(printed.contains("exists: kept"), "{printed}");
+    assert!(
+        printed.contains("mailq exists and is not a link to postilion: kept"),
+        "{printed}"
+    );
+    assert_eq!(
+        fs::read_link(other.join("usr/bin/mailq")).unwrap(),
+        Path::new("../sbin/sendmail"),
+        "another MTA's mailq"
+    );
     let unit = fs::read_to_string(other.join("etc/systemd/system/postilion.service")).unwrap();
     assert!(unit.contains("\nExecStart=/usr/sbin/postilion serve --config /etc/postilion.conf\n"));
     assert_eq!(
@@ -231,7 +259,6 @@ fn make_install_and_uninstall() {
         for gone in [
             format!("{prefix}/sbin/postilion"),
             format!("{prefix}/lib/sendmail"),
-            format!("{prefix}/bin/mailq"),
             "etc/systemd/system/postilion.service".into(),
         ] {
             assert!(fs::symlink_metadata(dest.join(&gone)).is_err(), "{gone}");
@@ -245,7 +272,16 @@ fn make_install_and_uninstall() {
         }
     }
     assert!(fs::symlink_metadata(dest.join("usr/local/sbin/sendmail")).is_err());
+    assert!(
+        fs::symlink_metadata(dest.join("usr/local/bin/mailq")).is_err(),
+        "ours: removed"
+    );
     assert!(other.join("usr/sbin/sendmail").exists(), "another MTA's");
+    assert_eq!(
+        fs::read_link(other.join("usr/bin/mailq")).unwrap(),
+        Path::new("../sbin/sendmail"),
+        "another MTA's mailq: kept by uninstall"
+    );
 }
 
 /// As root with no DESTDIR, `make install` also makes the `postilion` user and gives it the
