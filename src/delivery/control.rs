@@ -23,6 +23,14 @@ use crate::spool::Spool;
 /// the worker: long enough for a QUIT, short enough for a person at a prompt.
 const PATIENCE: Duration = Duration::from_secs(3);
 
+/// What became of an action on one message.
+enum Acted {
+    Done(Effect),
+    /// Left to the worker that has the message.
+    Recorded,
+    Failed(Reply),
+}
+
 /// Who has a message now.
 enum Claim {
     /// A delivery thread, with the actions asked for meanwhile, to apply as it lets go.
@@ -161,29 +169,45 @@ impl Control {
     }
 
     fn act(&self, verb: Verb, id: &str, origin: &str, patience: Duration) -> Reply {
+        match self.act_on(verb, id, origin, patience) {
+            Acted::Done(effect) => Reply::ok(format!("{id}: {}", effect.text)),
+            Acted::Recorded => Reply::ok(format!(
+                "{id}: being delivered now; {} when this attempt ends",
+                done_word(verb)
+            )),
+            Acted::Failed(reply) => reply,
+        }
+    }
+
+    fn act_on(&self, verb: Verb, id: &str, origin: &str, patience: Duration) -> Acted {
         match self.claims.ask(id, verb, patience) {
-            Asked::Busy => Reply::new(451, format!("{id}: busy with another action, try again")),
+            Asked::Busy => Acted::Failed(Reply::new(
+                451,
+                format!("{id}: busy with another action, try again"),
+            )),
             Asked::Recorded => {
                 log::info!(
                     "{id}: queue {} asked by the postmaster ({origin}) while it is being \
                      delivered: done when this attempt ends",
                     verb.name()
                 );
-                Reply::ok(format!(
-                    "{id}: being delivered now; {} when this attempt ends",
-                    done_word(verb)
-                ))
+                Acted::Recorded
             }
             Asked::Claimed => {
                 let result = self.apply_claimed(verb, id, origin);
                 self.claims.release(id);
-                let goes_on = matches!(verb, Verb::Flush | Verb::Release | Verb::Bounce);
-                if goes_on && result.as_ref().map_or(true, |e| e.changed) {
+                // Handed back to the scheduler when it should go on (after a spool error too:
+                // the worker that skipped it meanwhile left it to this action).
+                let goes_on = match &result {
+                    Ok(effect) => effect.changed,
+                    Err(reply) => reply.code != 550,
+                };
+                if goes_on && matches!(verb, Verb::Flush | Verb::Release | Verb::Bounce) {
                     let _ = self.queued.send(id.to_string());
                 }
                 match result {
-                    Ok(effect) => Reply::ok(format!("{id}: {}", effect.text)),
-                    Err(reply) => reply,
+                    Ok(effect) => Acted::Done(effect),
+                    Err(reply) => Acted::Failed(reply),
                 }
             }
         }
@@ -268,14 +292,12 @@ impl Control {
         };
         let (mut flushed, mut held, mut later) = (0, 0, 0);
         for id in &ids {
-            let reply = self.act(Verb::Flush, id, origin, Duration::ZERO);
-            let text = reply.lines.join(" ");
-            match reply.code {
-                250 if text.ends_with(": flushed") => flushed += 1,
-                250 if text.contains("on hold") => held += 1,
-                250 => later += 1,
+            match self.act_on(Verb::Flush, id, origin, Duration::ZERO) {
+                Acted::Done(effect) if effect.changed => flushed += 1,
+                Acted::Done(_) => held += 1,
+                Acted::Recorded => later += 1,
                 // Gone meanwhile (delivered), or a spool error already logged.
-                _ => {}
+                Acted::Failed(_) => {}
             }
         }
         Reply::ok(format!(
@@ -293,5 +315,132 @@ fn done_word(verb: Verb) -> &'static str {
         Verb::Release => "released",
         Verb::Flush => "flushed",
         Verb::Bounce => "returned to sender",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Recipient;
+    use crate::smtp::address::{ForwardPath, ReversePath};
+
+    fn spool_with_message(name: &str) -> (std::path::PathBuf, Arc<Spool>, String) {
+        let dir =
+            std::env::temp_dir().join(format!("postilion-control-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spool = Arc::new(Spool::open(&dir, None).unwrap());
+        let mut incoming = spool.incoming().unwrap();
+        incoming.write(b"x\r\n");
+        let mut env = Envelope {
+            reverse_path: ReversePath::Null,
+            recipients: vec![Recipient::pending(ForwardPath::Postmaster)],
+            client: None,
+            helo: "h".into(),
+            protocol: "ESMTP".into(),
+            eight_bit: false,
+            smtputf8: false,
+            arrival: 1,
+            size: 0,
+            delay_warned: false,
+            auth: None,
+            held: false,
+        };
+        let id = incoming.commit(&mut env).unwrap().id().to_string();
+        (dir, spool, id)
+    }
+
+    #[test]
+    fn a_claimed_message_is_not_given_to_a_second_owner() {
+        let claims = Claims::default();
+        assert!(claims.claim_for_worker("a"));
+        assert!(!claims.claim_for_worker("a"));
+        assert!(matches!(
+            claims.ask("a", Verb::Hold, Duration::ZERO),
+            Asked::Recorded
+        ));
+        assert_eq!(claims.worker_done("a"), [Verb::Hold], "kept for the worker");
+        assert!(!claims.claim_for_worker("a"), "still the worker's");
+        assert!(claims.worker_done("a").is_empty());
+        assert!(matches!(
+            claims.ask("a", Verb::Delete, Duration::ZERO),
+            Asked::Claimed
+        ));
+        assert!(!claims.claim_for_worker("a"), "an action has it");
+        assert!(matches!(
+            claims.ask("a", Verb::Delete, Duration::ZERO),
+            Asked::Busy
+        ));
+        claims.release("a");
+        assert!(claims.claim_for_worker("a"));
+    }
+
+    #[test]
+    fn an_action_waits_for_a_worker_that_lets_go() {
+        let claims = Arc::new(Claims::default());
+        assert!(claims.claim_for_worker("a"));
+        let worker = Arc::clone(&claims);
+        let done = std::thread::spawn(move || worker.worker_done("a"));
+        let asked = claims.ask("a", Verb::Delete, Duration::from_secs(20));
+        assert!(matches!(asked, Asked::Claimed));
+        assert!(done.join().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_delete_asked_during_delivery_is_done_when_the_worker_lets_go() {
+        let (dir, spool, id) = spool_with_message("recorded");
+        let (queued, requeued) = crossbeam_channel::unbounded();
+        let control = Control::new(Arc::clone(&spool), queued, Arc::default());
+        assert!(control.claims.claim_for_worker(&id));
+        let request = Request {
+            verb: Verb::Delete,
+            id: Some(id.clone()),
+        };
+        // Short of its patience in a test: the worker is not coming back.
+        let reply = control.act(Verb::Delete, &id, "test", Duration::ZERO);
+        assert_eq!(
+            reply.lines,
+            [format!(
+                "{id}: being delivered now; deleted when this attempt ends"
+            )]
+        );
+        assert!(spool.contains(&id), "not under the worker's feet");
+        // The worker writes its outcome, then lets go: the delete happens then.
+        spool.update(&id, &spool.load(&id).unwrap()).unwrap();
+        assert_eq!(control.worker_done(&id, Some(99)), None);
+        assert!(!spool.contains(&id));
+        assert!(!spool.message_path(&id).exists());
+        assert_eq!(control.handle(&request, "test").code, 550);
+        assert!(
+            requeued.try_recv().is_err(),
+            "a deleted message is not handed out"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn flush_and_release_hand_the_message_back_hold_does_not() {
+        let (dir, spool, id) = spool_with_message("requeue");
+        let (queued, requeued) = crossbeam_channel::unbounded();
+        let control = Control::new(Arc::clone(&spool), queued, Arc::default());
+        let ask = |verb| {
+            control.handle(
+                &Request {
+                    verb,
+                    id: Some(id.clone()),
+                },
+                "test",
+            )
+        };
+        assert!(ask(Verb::Hold).is_ok());
+        assert!(requeued.try_recv().is_err());
+        assert!(control.claims.is_held(&id));
+        assert!(ask(Verb::Flush).lines[0].contains("release it first"));
+        assert!(requeued.try_recv().is_err(), "held: not handed out");
+        assert!(ask(Verb::Release).is_ok());
+        assert_eq!(requeued.try_recv().ok(), Some(id.clone()));
+        assert!(!control.claims.is_held(&id));
+        assert!(ask(Verb::Flush).is_ok());
+        assert_eq!(requeued.try_recv().ok(), Some(id.clone()));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

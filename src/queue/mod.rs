@@ -204,10 +204,8 @@ fn act_on_files(spool: &Spool, request: &Request) -> Reply {
             Err(e) => return Reply::new(451, e.to_string()),
         },
     };
-    let mut reply = Reply {
-        code: 250,
-        lines: Vec::new(),
-    };
+    let mut reply = Reply::new(250, "");
+    reply.lines.clear();
     for id in &ids {
         match edit::apply(spool, request.verb, id, None) {
             Ok(effect) => reply.lines.push(format!("{id}: {}{later}", effect.text)),

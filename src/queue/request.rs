@@ -90,7 +90,7 @@ pub fn is_queue_id(id: &str) -> bool {
 }
 
 /// The answer to a request: a code and at least one line of text.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reply {
     pub code: u16,
     pub lines: Vec<String>,
@@ -127,8 +127,8 @@ impl Reply {
         out
     }
 
-    /// Reads one reply line into `self` (start with `Reply::default()`-like empty lines);
-    /// `Ok(true)` once the last line is in.
+    /// Reads one reply line into `self` (start from `Reply::default()`); `Ok(true)` once the
+    /// last line is in.
     pub fn read_line(&mut self, line: &str) -> Result<bool, String> {
         let bad = || format!("not a control reply line: '{line}'");
         let code = line
@@ -195,8 +195,7 @@ mod tests {
         };
         let text = reply.to_text();
         assert_eq!(text, "250-one\n250 twothree\n");
-        let mut read = Reply::new(0, "");
-        read.lines.clear();
+        let mut read = Reply::default();
         let mut done = false;
         for line in text.lines() {
             assert!(!done);
@@ -204,7 +203,7 @@ mod tests {
         }
         assert!(done && read.is_ok());
         assert_eq!(read.lines, ["one", "twothree"]);
-        assert!(Reply::new(0, "").read_line("hello").is_err());
+        assert!(Reply::default().read_line("hello").is_err());
         assert!(!Reply::no_such_message("1.M1").is_ok());
     }
 }

@@ -156,10 +156,7 @@ pub fn ask(spool: &Path, request: &Request) -> Result<Reply, AskError> {
     (&stream)
         .write_all(format!("{request}\n").as_bytes())
         .map_err(no_answer)?;
-    let mut reply = Reply {
-        code: 0,
-        lines: Vec::new(),
-    };
+    let mut reply = Reply::default();
     for line in BufReader::new(&stream).take(1 << 20).lines() {
         let line = line.map_err(no_answer)?;
         if reply.read_line(&line).map_err(AskError::NoAnswer)? {
