@@ -42,6 +42,9 @@ fn usage() -> String {
          Usage:\n  postilion serve [--config FILE] [--KEY VALUE ...]\n  \
          postilion check-config [--config FILE] [--KEY VALUE ...]\n  \
          postilion passwd [NAME] < password   (prints a line for users_file)\n  \
+         postilion queue list|show ID [--body]|flush [ID]|delete ID|hold ID|release ID|\
+         bounce ID [--config FILE]\n  \
+         mailq [--config FILE]   (postilion queue list)\n  \
          postilion --help | --version\n\n\
          Every configuration key is also a flag (local_domains is --local-domains);\n\
          a flag wins over the file. Keys and defaults:\n"
