@@ -13,6 +13,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::datetime;
@@ -29,6 +30,9 @@ const EX_IOERR: u8 = 74;
 const EX_TEMPFAIL: u8 = 75;
 /// Neither root nor the mail user.
 const EX_NOPERM: u8 = 77;
+
+/// How long an action waits for a daemon that holds the spool lock to open its socket.
+const STARTING_PATIENCE: Duration = Duration::from_secs(3);
 
 const USAGE: &str = "usage: postilion queue list|show ID [--body]|flush [ID]|delete ID|hold ID|\
                      release ID|bounce ID [--config FILE] [--spool DIR]";
@@ -163,29 +167,41 @@ fn show(spool: &Path, id: &str, body: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// An action: asked of the daemon, or done here under the spool lock when none runs.
+/// An action: asked of the daemon, or done here under the spool lock when none runs. A
+/// daemon that holds the lock with no socket yet (it makes it once started) is given
+/// `STARTING_PATIENCE` to answer.
 fn act(spool: &Path, request: &Request) -> ExitCode {
-    match socket::ask(spool, request) {
-        Ok(reply) => print_reply(&reply),
-        Err(AskError::NoAnswer(why)) => fail(
-            EX_TEMPFAIL,
-            &format!(
-                "the daemon did not answer on {}: {why}",
-                socket::path(spool).display()
-            ),
-        ),
-        Err(AskError::NotRunning) => match Spool::open_existing(spool) {
-            Ok(locked) => print_reply(&act_on_files(&locked, request)),
-            Err(SpoolError::Locked(_)) => fail(
-                EX_TEMPFAIL,
-                &format!(
-                    "the daemon holds the spool lock but does not answer on {} (starting or \
-                     stopping?): try again",
-                    socket::path(spool).display()
-                ),
-            ),
-            Err(e) => fail(EX_IOERR, &e.to_string()),
-        },
+    let deadline = Instant::now() + STARTING_PATIENCE;
+    loop {
+        match socket::ask(spool, request) {
+            Ok(reply) => return print_reply(&reply),
+            Err(AskError::NoAnswer(why)) => {
+                return fail(
+                    EX_TEMPFAIL,
+                    &format!(
+                        "the daemon did not answer on {}: {why}",
+                        socket::path(spool).display()
+                    ),
+                )
+            }
+            Err(AskError::NotRunning) => match Spool::open_existing(spool) {
+                Ok(locked) => return print_reply(&act_on_files(&locked, request)),
+                Err(SpoolError::Locked(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(SpoolError::Locked(_)) => {
+                    return fail(
+                        EX_TEMPFAIL,
+                        &format!(
+                            "the daemon holds the spool lock but does not answer on {} \
+                             (starting or stopping?): try again",
+                            socket::path(spool).display()
+                        ),
+                    )
+                }
+                Err(e) => return fail(EX_IOERR, &e.to_string()),
+            },
+        }
     }
 }
 
