@@ -58,18 +58,17 @@ test: deps lint
 bench:
 	$(CARGO) bench --bench load
 
-# The binary and its sendmail links (Debian's places: $(PREFIX)/sbin/sendmail and
-# $(PREFIX)/lib/sendmail; a sendmail that is not our link is another MTA's: said, and left),
-# the unit (its ExecStart under PREFIX), the example configuration unless there is one, the
-# spool and the mailboxes. As root with no DESTDIR: the `postilion` user too, and the two
-# directories made its own. A mailq link an earlier version made is removed (mailq comes with
-# the queue tools); another MTA's is never touched.
+# The binary, its sendmail links (Debian's places: $(PREFIX)/sbin/sendmail and
+# $(PREFIX)/lib/sendmail) and $(PREFIX)/bin/mailq (a sendmail or mailq that is not our link is
+# another MTA's: said, and left), the unit (its ExecStart under PREFIX), the example
+# configuration unless there is one, the spool and the mailboxes. As root with no DESTDIR:
+# the `postilion` user too, and the two directories made its own.
 install: $(BINARY)
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/etc/systemd/system
 	install -m 0755 $(BINARY) $(DESTDIR)$(PREFIX)/sbin/postilion
 	@$(call link,postilion,$(DESTDIR)$(PREFIX)/sbin/sendmail)
 	@$(call link,../sbin/postilion,$(DESTDIR)$(PREFIX)/lib/sendmail)
-	@$(call unlink,../sbin/postilion,$(DESTDIR)$(PREFIX)/bin/mailq)
+	@$(call link,../sbin/postilion,$(DESTDIR)$(PREFIX)/bin/mailq)
 	sed 's|^ExecStart=/usr/local/sbin/postilion |ExecStart=$(PREFIX)/sbin/postilion |' \
 		contrib/postilion.service > $(DESTDIR)/etc/systemd/system/postilion.service
 	chmod 0644 $(DESTDIR)/etc/systemd/system/postilion.service
@@ -103,9 +102,9 @@ uninstall:
 		"$(DESTDIR)/var/mail/postilion and the postilion user"
 
 # $(call unlink,TARGET,NAME) removes NAME if it is our link to TARGET, never another MTA's
-# sendmail.
+# sendmail or mailq.
 # $(call link,TARGET,NAME) makes NAME a symbolic link to TARGET unless it is one already;
-# anything else at NAME (another MTA's sendmail) is left as it is, and said.
+# anything else at NAME (another MTA's sendmail or mailq) is left as it is, and said.
 link = if [ "$$(readlink "$(2)")" = "$(1)" ]; then :; \
 	elif [ -e "$(2)" ] || [ -L "$(2)" ]; then \
 		echo "$(2) is not a link to postilion (another MTA's?): left as it is"; \

@@ -3,8 +3,10 @@
 //! One `Field: value` a line, `Version: 1` first; each `Rcpt:` line opens a recipient block
 //! that the following `Maildir:`, `Status:`, `Attempts:`, `Next-Attempt:`, `Last-Reply:` and
 //! `Dsn-Status:` lines belong to (`Reported: yes` once a failure has been reported to the
-//! sender). Plain enough that `cat spool/queue/ID.env` answers "where is my mail?". Owns the
-//! format only: reading and writing files is `spool.rs`.
+//! sender). A top-level `Hold: yes` line marks a message the postmaster put on hold
+//! (`postilion queue hold`): it is not delivered until released. Plain enough that
+//! `cat spool/queue/ID.env` answers "where is my mail?". Owns the format only: reading and
+//! writing files is `spool.rs`.
 
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
@@ -36,6 +38,8 @@ pub struct Envelope {
     pub delay_warned: bool,
     /// The login name of the user who sent it over SMTP AUTH.
     pub auth: Option<String>,
+    /// Put on hold by the postmaster: not delivered (nor expired) until released.
+    pub held: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,6 +156,9 @@ impl Envelope {
         if self.delay_warned {
             let _ = writeln!(out, "Delay-Warned: yes");
         }
+        if self.held {
+            let _ = writeln!(out, "Hold: yes");
+        }
         for rcpt in &self.recipients {
             let _ = writeln!(out, "Rcpt: {}", rcpt.path);
             if let Some(user) = &rcpt.maildir {
@@ -229,6 +236,7 @@ impl Envelope {
                 }
                 ("Size", _) => fields.size = Some(number()?),
                 ("Delay-Warned", _) if value == "yes" => fields.delay_warned = true,
+                ("Hold", None) if value == "yes" => fields.held = true,
                 ("Rcpt", _) => {
                     let path = whole_path(address::parse_forward_path(value))
                         .ok_or_else(|| bad("path"))?;
@@ -274,6 +282,7 @@ impl Envelope {
             size: fields.size.ok_or_else(|| missing("Size"))?,
             delay_warned: fields.delay_warned,
             auth: fields.auth,
+            held: fields.held,
         })
     }
 }
@@ -290,6 +299,7 @@ struct Fields {
     size: Option<u64>,
     delay_warned: bool,
     auth: Option<String>,
+    held: bool,
 }
 
 /// A path that fills the whole value (no parameters after it).
@@ -346,6 +356,7 @@ mod tests {
             size: 1234,
             delay_warned: true,
             auth: Some("alice".into()),
+            held: false,
         }
     }
 
@@ -364,6 +375,21 @@ mod tests {
         let text = env.to_text();
         assert!(text.contains("Client: local\n"));
         assert_eq!(Envelope::parse(&text), Ok(env));
+    }
+
+    #[test]
+    fn hold_is_a_top_level_line_and_round_trips() {
+        let mut env = sample();
+        env.held = true;
+        let text = env.to_text();
+        assert!(text.contains("\nDelay-Warned: yes\nHold: yes\nRcpt: <postmaster>\n"));
+        assert_eq!(Envelope::parse(&text), Ok(env));
+        assert!(!sample().to_text().contains("Hold:"));
+        // Inside a recipient block it is not an envelope's hold.
+        let text = sample()
+            .to_text()
+            .replace("Attempts: 3\n", "Attempts: 3\nHold: yes\n");
+        assert!(Envelope::parse(&text).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod missing_headers;
 mod passwd;
 mod pickup;
 mod privileges;
+mod queue;
 mod sendmail;
 mod server;
 mod smtp;
@@ -46,6 +47,9 @@ fn usage() -> String {
          postilion check-config [--config FILE] [--KEY VALUE ...]\n  \
          postilion passwd [NAME] < password   (prints a line for users_file)\n  \
          postilion sendmail [-t] [-i] [-f SENDER] [-F NAME] [-C FILE] [RECIPIENT ...] < message\n  \
+         postilion queue list|show ID [--body]|flush [ID]|delete ID|hold ID|release ID|\
+         bounce ID [--config FILE]\n  \
+         mailq [--config FILE]   (postilion queue list)\n  \
          postilion --help | --version\n\n\
          Every configuration key is also a flag (local_domains is --local-domains);\n\
          a flag wins over the file. Keys and defaults:\n"
@@ -68,13 +72,23 @@ fn usage() -> String {
 
 fn main() -> ExitCode {
     let mut args = std::env::args();
-    // Invoked through a link named sendmail (/usr/sbin/sendmail, /usr/lib/sendmail).
+    // Invoked through a link named sendmail (/usr/sbin/sendmail, /usr/lib/sendmail) or mailq.
     let invoked_as = args.next().unwrap_or_default();
     let args: Vec<String> = args.collect();
-    if Path::new(&invoked_as).file_name() == Some("sendmail".as_ref()) {
-        return sendmail::main(&args);
+    let queue_config = |args: &[String]| load_config(args).map(|(_, config)| config);
+    match Path::new(&invoked_as)
+        .file_name()
+        .and_then(|name| name.to_str())
+    {
+        Some("sendmail") => return sendmail::main(&args),
+        Some("mailq") => {
+            let list: Vec<String> = ["list".to_string()].into_iter().chain(args).collect();
+            return queue::run(&list, &queue_config);
+        }
+        _ => {}
     }
     match args.first().map(String::as_str) {
+        Some("queue") => queue::run(&args[1..], &queue_config),
         Some("serve") => serve(&args[1..]),
         Some("sendmail") => sendmail::main(&args[1..]),
         Some("check-config") => check_config(&args[1..]),
@@ -401,13 +415,16 @@ fn start(config: Arc<Config>) -> Result<Running, String> {
         })
         .collect();
     let directory = Arc::new(directory);
-    let delivery = delivery::start(
+    let mut delivery = delivery::start(
         Arc::clone(&config),
         Arc::clone(&spool),
         Arc::clone(&directory),
         recovery.queued.clone(),
     )
     .map_err(|e| format!("cannot start delivery threads: {e}"))?;
+    delivery
+        .serve_control(&config.spool)
+        .map_err(|e| format!("cannot open the control socket: {e}"))?;
     ::log::info!(
         "postilion {VERSION} started as {}: spool {}, {} queued, {} debris removed, {} quarantined{}",
         config.hostname,

@@ -119,6 +119,7 @@ fn build(
             size: 0,
             delay_warned: false,
             auth: None,
+            held: false,
         },
         content,
         full_name: submission.full_name.clone(),

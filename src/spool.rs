@@ -181,6 +181,30 @@ impl Spool {
         Ok(to)
     }
 
+    /// Takes the lock of an existing spool and creates nothing: for the queue tools, when no
+    /// daemon holds it. `Locked` when one does.
+    pub fn open_existing(root: &Path) -> Result<Spool, SpoolError> {
+        let (tmp, queue, corrupt) = (root.join("tmp"), root.join("queue"), root.join("corrupt"));
+        let lock_path = root.join("lock");
+        let lock = OpenOptions::new()
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error("open", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked(root.into())),
+            Err(fs::TryLockError::Error(e)) => return Err(io_error("lock", &lock_path)(e)),
+        }
+        Ok(Spool {
+            root: root.into(),
+            maildrop: root.join("maildrop"),
+            tmp,
+            queue,
+            corrupt,
+            _lock: lock,
+        })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -333,6 +357,30 @@ impl Spool {
             size: 0,
             error: None,
         })
+    }
+}
+
+/// Ids in `root/queue/`, read without the lock and writing nothing (for `queue list`).
+pub fn peek_ids(root: &Path) -> Result<Vec<String>, SpoolError> {
+    let queue = root.join("queue");
+    let mut ids: Vec<String> = list(&queue)?
+        .into_iter()
+        .filter_map(|name| name.strip_suffix(".env").map(str::to_string))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Reads an envelope without the lock and writing nothing: `None` when it is gone (delivered
+/// meanwhile). Envelopes are replaced by rename, so one is never read half-written.
+pub fn peek(root: &Path, id: &str) -> Result<Option<Envelope>, String> {
+    let path = root.join("queue").join(format!("{id}.env"));
+    match fs::read_to_string(&path) {
+        Ok(text) => Envelope::parse(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
 }
 
@@ -543,6 +591,7 @@ mod tests {
             arrival: 1,
             size: 0,
             delay_warned: false,
+            held: false,
             auth: None,
         }
     }

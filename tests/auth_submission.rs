@@ -413,14 +413,14 @@ s.quit()
     );
 }
 
-/// Every file under `dir`, read.
+/// Every file under `dir`, read (sockets, such as `spool/control`, hold nothing to read).
 fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();
         if path.is_dir() {
             files.extend(files_under(&path));
-        } else {
+        } else if path.is_file() {
             files.push((path.display().to_string(), fs::read(&path).unwrap()));
         }
     }

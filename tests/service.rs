@@ -178,10 +178,11 @@ fn make_install_and_uninstall() {
     let sbin = dest.join("usr/local/sbin/postilion");
     assert_eq!(fs::read(&sbin).unwrap(), fs::read(BIN).unwrap());
     assert_eq!(mode(&sbin), 0o755);
-    // sendmail in Debian's two places; no mailq link (it comes with the queue tools).
+    // sendmail in Debian's two places, mailq in bin.
     for (link, target) in [
         ("usr/local/sbin/sendmail", "postilion"),
         ("usr/local/lib/sendmail", "../sbin/postilion"),
+        ("usr/local/bin/mailq", "../sbin/postilion"),
     ] {
         assert_eq!(
             fs::read_link(dest.join(link)).unwrap(),
@@ -190,13 +191,25 @@ fn make_install_and_uninstall() {
         );
     }
     assert!(printed.contains("ln -s postilion "), "{printed}");
-    assert!(fs::symlink_metadata(dest.join("usr/local/bin/mailq")).is_err());
+    let mailq = dest.join("usr/local/bin/mailq");
+    let spool = root.0.join("spool");
+    fs::create_dir_all(spool.join("queue")).unwrap();
+    let out = Command::new(&mailq)
+        .args(["--spool", spool.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out),
+        "Mail queue is empty\n",
+        "mailq is postilion queue list"
+    );
     // Again: the links are there, nothing to say about them.
     let again = make("install", &dest, "/usr/local");
     assert!(
         !again.contains("ln -s") && !again.contains("not a link"),
         "{again}"
     );
+    assert!(fs::symlink_metadata(&mailq).unwrap().is_symlink());
     let unit = dest.join("etc/systemd/system/postilion.service");
     assert_eq!(
         fs::read_to_string(&unit).unwrap(),
@@ -224,6 +237,8 @@ fn make_install_and_uninstall() {
         "#!/bin/sh\n# another MTA\n",
     )
     .unwrap();
+    fs::create_dir_all(other.join("usr/bin")).unwrap();
+    std::os::unix::fs::symlink("../sbin/sendmail", other.join("usr/bin/mailq")).unwrap();
     let printed = make("install", &other, "/usr");
     assert!(printed.contains("exists: kept"), "{printed}");
     assert!(
@@ -233,6 +248,15 @@ fn make_install_and_uninstall() {
     assert_eq!(
         fs::read_link(other.join("usr/lib/sendmail")).unwrap(),
         Path::new("../sbin/postilion")
+    );
+    assert!(
+        printed.contains("usr/bin/mailq is not a link to postilion (another MTA's?): left"),
+        "{printed}"
+    );
+    assert_eq!(
+        fs::read_link(other.join("usr/bin/mailq")).unwrap(),
+        Path::new("../sbin/sendmail"),
+        "another MTA's mailq"
     );
     let unit = fs::read_to_string(other.join("etc/systemd/system/postilion.service")).unwrap();
     assert!(unit.contains("\nExecStart=/usr/sbin/postilion serve --config /etc/postilion.conf\n"));
@@ -250,7 +274,6 @@ fn make_install_and_uninstall() {
         for gone in [
             format!("{prefix}/sbin/postilion"),
             format!("{prefix}/lib/sendmail"),
-            format!("{prefix}/bin/mailq"),
             "etc/systemd/system/postilion.service".into(),
         ] {
             assert!(fs::symlink_metadata(dest.join(&gone)).is_err(), "{gone}");
@@ -264,7 +287,16 @@ fn make_install_and_uninstall() {
         }
     }
     assert!(fs::symlink_metadata(dest.join("usr/local/sbin/sendmail")).is_err());
+    assert!(
+        fs::symlink_metadata(dest.join("usr/local/bin/mailq")).is_err(),
+        "ours: removed"
+    );
     assert!(other.join("usr/sbin/sendmail").exists(), "another MTA's");
+    assert_eq!(
+        fs::read_link(other.join("usr/bin/mailq")).unwrap(),
+        Path::new("../sbin/sendmail"),
+        "another MTA's mailq: kept by uninstall"
+    );
 }
 
 /// As root with no DESTDIR, `make install` also makes the `postilion` user and gives it the

@@ -8,6 +8,7 @@
 
 pub mod bounce;
 mod client;
+pub mod control;
 mod headers;
 mod local;
 mod maildir;
@@ -31,9 +32,11 @@ use crate::config::Config;
 use crate::datetime;
 use crate::directory::Directory;
 use crate::envelope::{Envelope, Recipient, Status};
+use crate::queue::socket::ControlSocket;
 use crate::smtp::address::ForwardPath;
 use crate::spool::Spool;
 use crate::tls::ClientTls;
+use control::Control;
 use headers::Headers;
 use mx::Dns;
 use outcome::{Action, DsnStatus, Outcome};
@@ -59,7 +62,9 @@ struct Context {
     relay_credentials: Option<Credentials>,
     /// Envelopes whose outcomes are achieved but could not be written (a full disk): kept
     /// here, never repeated, until the write succeeds (invariant 6).
-    unsaved: Mutex<HashMap<String, Envelope>>,
+    unsaved: Arc<Mutex<HashMap<String, Envelope>>>,
+    /// The postmaster's queue actions, and who has which message.
+    control: Arc<Control>,
     /// A stop was asked for: no new message or remote transaction is begun.
     stopping: AtomicBool,
     /// Ids found in the queue at start or by a later scan: an earlier run (or another
@@ -82,6 +87,9 @@ pub struct Delivery {
     stop: Option<Sender<()>>,
     workers: Vec<thread::JoinHandle<()>>,
     context: Option<Arc<Context>>,
+    /// The queue tools' way in, served on `spool/control` by `serve_control`.
+    control: Arc<Control>,
+    control_socket: Option<ControlSocket>,
 }
 
 /// What a forced exit can still do for delivery: write the outcomes held in memory.
@@ -96,6 +104,16 @@ impl LastWords {
 }
 
 impl Delivery {
+    /// Answers the queue tools on `spool/control` until the stop.
+    pub fn serve_control(&mut self, spool: &std::path::Path) -> std::io::Result<()> {
+        let control = Arc::clone(&self.control);
+        let socket = crate::queue::socket::serve(spool, move |request, origin| {
+            control.handle(request, origin)
+        })?;
+        self.control_socket = Some(socket);
+        Ok(())
+    }
+
     pub fn last_words(&self) -> LastWords {
         LastWords(self.context.clone())
     }
@@ -104,6 +122,9 @@ impl Delivery {
     /// writes outcomes still held in memory. Says how many deliveries were left running
     /// (their messages are simply delivered again after the next start).
     pub fn stop(mut self, deadline: Instant) -> usize {
+        if let Some(socket) = self.control_socket.take() {
+            socket.stop();
+        }
         if let Some(context) = &self.context {
             context.stopping.store(true, Ordering::Relaxed);
         }
@@ -128,6 +149,12 @@ pub fn start(
 ) -> std::io::Result<Delivery> {
     let (queued, queued_rx) = crossbeam_channel::unbounded();
     let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let unsaved = Arc::default();
+    let control = Arc::new(Control::new(
+        Arc::clone(&spool),
+        queued.clone(),
+        Arc::clone(&unsaved),
+    ));
     if config.delivery_threads == 0 {
         log::warn!("delivery is paused (delivery_threads = 0): mail waits in queue/");
         return Ok(Delivery {
@@ -135,6 +162,8 @@ pub fn start(
             stop: Some(stop),
             workers: Vec::new(),
             context: None,
+            control,
+            control_socket: None,
         });
     }
     let (work, work_rx) = crossbeam_channel::unbounded::<String>();
@@ -149,7 +178,8 @@ pub fn start(
             Some(path) => Some(Credentials::load(path).map_err(std::io::Error::other)?),
             None => None,
         },
-        unsaved: Mutex::default(),
+        unsaved,
+        control: Arc::clone(&control),
         stopping: AtomicBool::new(false),
         recovered: Mutex::new(recovered.iter().cloned().collect()),
     });
@@ -187,6 +217,8 @@ pub fn start(
         stop: Some(stop),
         workers,
         context: Some(context),
+        control,
+        control_socket: None,
     })
 }
 
@@ -227,7 +259,7 @@ fn scheduler(
             match context.spool.queued_ids() {
                 Ok(ids) => {
                     for id in ids {
-                        if !schedule.knows(&id) {
+                        if !schedule.knows(&id) && !context.control.claims.is_held(&id) {
                             log::info!("{id}: found in queue/ by the periodic scan");
                             schedule.add(&id, now);
                             if let Ok(mut recovered) = context.recovered.lock() {
@@ -286,9 +318,15 @@ impl Worker {
         self.dns.as_ref().ok_or_else(String::new)
     }
 
+    /// Works on one message it claims first; a message a queue action has is left to it
+    /// (the action hands it back to the scheduler when it should go on).
     fn work(&mut self, id: &str) -> Option<u64> {
         let context = Arc::clone(&self.context);
-        context.work(id, self)
+        if !context.control.claims.claim_for_worker(id) {
+            return None;
+        }
+        let next = context.work(id, self);
+        context.control.worker_done(id, next)
     }
 }
 
@@ -314,6 +352,12 @@ impl Context {
                 }
             },
         };
+        if job.env.held {
+            // Not delivered, nor expired, until released; the scan leaves it alone.
+            self.control.claims.set_held(id, true);
+            log::info!("{id}: on hold, not delivered until released");
+            return None;
+        }
         let headers = Headers::read(&self.spool.message_path(id));
         if headers.hops > MAX_HOPS {
             let why = format!(

@@ -148,6 +148,7 @@ impl Context {
             arrival: datetime::now(),
             size: 0,
             delay_warned: false,
+            held: false,
             auth: None,
         };
         let mut incoming = self.spool.incoming()?;

@@ -77,6 +77,7 @@ mod tests {
             arrival: 0,
             size: 0,
             delay_warned: false,
+            held: false,
             auth: None,
         };
         assert_eq!(

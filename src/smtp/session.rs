@@ -680,6 +680,7 @@ impl Session {
             arrival: 0,
             size: 0,
             delay_warned: false,
+            held: false,
         }));
     }
 
