@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
@@ -193,11 +193,9 @@ fn memory(work: &Path) {
     let static_bin = Path::new(STATIC_BIN);
     match fs::metadata(static_bin).and_then(|m| m.modified()) {
         Ok(built) => {
-            let stale = fs::metadata(BIN)
-                .and_then(|m| m.modified())
-                .is_ok_and(|release| release > built);
+            let stale = newest_source().is_some_and(|source| source > built);
             let label = if stale {
-                "static (older than the release binary: `make static` again)"
+                "static (older than the sources: `make static` again)"
             } else {
                 "static"
             };
@@ -217,6 +215,27 @@ fn memory(work: &Path) {
         mib(rss(idle_server.child.id(), "VmRSS"))
     );
     drop(idle);
+}
+
+/// When the newest of the files `make static` builds from (Makefile `SOURCES`) changed.
+fn newest_source() -> Option<SystemTime> {
+    let mut pending = vec![PathBuf::from("src")];
+    let mut newest = ["Cargo.toml", "Cargo.lock"]
+        .iter()
+        .filter_map(|f| fs::metadata(f).and_then(|m| m.modified()).ok())
+        .max()?;
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(dir).ok()?.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let modified = entry.metadata().and_then(|m| m.modified()).ok()?;
+                newest = newest.max(modified);
+            }
+        }
+    }
+    Some(newest)
 }
 
 /// Starts `binary` in the default configuration, prints its idle RSS beside the target, and
