@@ -10,16 +10,22 @@
 //! PATH, gets its own config and queue under target/bench, a loopback port, stock settings
 //! otherwise. Rounds alternate between the two servers so disk drift hits both alike. Nothing
 //! leaves the machine: relaying goes to the sink, and no DNS lookup is made.
+//!
+//! Idle RSS is read once the server has said READY=1 on a notify socket and every thread
+//! sleeps, before any connection, then after one session; for the release binary and the
+//! static one (`make static`), beside the target. `cargo bench --bench load -- rss` prints
+//! only the binary size and the RSS figures.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
@@ -64,6 +70,11 @@ fn main() {
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).expect("create target/bench");
     let work = work.canonicalize().expect("target/bench path");
+    // `cargo bench --bench load -- rss`: the binary size and the RSS figures only.
+    if std::env::args().skip(1).any(|a| a == "rss") {
+        memory(&work);
+        return;
+    }
     let message = message();
     let certificate = Certificate::write(&work);
 
@@ -90,28 +101,7 @@ fn main() {
         println!("(Postfix not installed: `apt-get install postfix` to compare in the same run)");
     }
 
-    println!(
-        "binary: {:.2} MiB (release, stripped)",
-        mib(fs::metadata(BIN).map(|m| m.len()).unwrap_or(0))
-    );
-    // RSS of a server in its default configuration (delivery threads running, idle).
-    let idle_server = Postilion::start(
-        &work.join("postilion-idle"),
-        &["--dns-server", "127.0.0.1:1"],
-    );
-    println!(
-        "idle RSS (default configuration): {:.2} MiB",
-        mib(rss(idle_server.child.id(), "VmRSS"))
-    );
-    let idle: Vec<TcpStream> = (0..100)
-        .map(|_| idle_connection(idle_server.addr))
-        .collect();
-    println!(
-        "RSS with 100 idle connections: {:.2} MiB",
-        mib(rss(idle_server.child.id(), "VmRSS"))
-    );
-    drop(idle);
-    drop(idle_server);
+    memory(&work);
 
     let mut servers = vec![Target {
         name: "postilion",
@@ -180,6 +170,127 @@ fn main() {
     drop(postilion);
     drop(postfix);
     delivery(&work, &message);
+}
+
+/// What `make static` builds (Makefile `STATIC` on this machine).
+const STATIC_BIN: &str = "target/x86_64-unknown-linux-gnu/release/postilion";
+/// The idle RSS the daemon must stay under (issue #10), static build included.
+const IDLE_RSS_TARGET_MIB: f64 = 3.5;
+
+/// Binary size and RSS: idle in the default configuration, for the release binary and, when
+/// `make static` has built it, the static one; then with 100 idle connections.
+fn memory(work: &Path) {
+    println!(
+        "binary: {:.2} MiB (release, stripped)",
+        mib(fs::metadata(BIN).map(|m| m.len()).unwrap_or(0))
+    );
+    println!(
+        "idle RSS: VmRSS once the server has sent READY=1 and every thread sleeps, no \
+         connection made yet; then after one SMTP session (connect, EHLO, QUIT); target {:.1} MiB",
+        IDLE_RSS_TARGET_MIB
+    );
+    let idle_server = idle_rss(Path::new(BIN), &work.join("postilion-idle"), "dynamic");
+    let static_bin = Path::new(STATIC_BIN);
+    match fs::metadata(static_bin).and_then(|m| m.modified()) {
+        Ok(built) => {
+            let stale = newest_source().is_some_and(|source| source > built);
+            let label = if stale {
+                "static (older than the sources: `make static` again)"
+            } else {
+                "static"
+            };
+            drop(idle_rss(
+                static_bin,
+                &work.join("postilion-idle-static"),
+                label,
+            ));
+        }
+        Err(_) => println!("  static: not built (`make static` builds {STATIC_BIN})"),
+    }
+    let idle: Vec<TcpStream> = (0..100)
+        .map(|_| idle_connection(idle_server.addr))
+        .collect();
+    println!(
+        "RSS with 100 idle connections: {:.2} MiB",
+        mib(rss(idle_server.child.id(), "VmRSS"))
+    );
+    drop(idle);
+}
+
+/// When the newest of the files `make static` builds from (Makefile `SOURCES`) changed.
+fn newest_source() -> Option<SystemTime> {
+    let mut pending = vec![PathBuf::from("src")];
+    let mut newest = ["Cargo.toml", "Cargo.lock"]
+        .iter()
+        .filter_map(|f| fs::metadata(f).and_then(|m| m.modified()).ok())
+        .max()?;
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(dir).ok()?.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let modified = entry.metadata().and_then(|m| m.modified()).ok()?;
+                newest = newest.max(modified);
+            }
+        }
+    }
+    Some(newest)
+}
+
+/// Starts `binary` in the default configuration, prints its idle RSS beside the target, and
+/// returns it running.
+fn idle_rss(binary: &Path, dir: &Path, label: &str) -> Postilion {
+    let server = Postilion::start_ready(binary, dir, &["--dns-server", "127.0.0.1:1"]);
+    let pid = server.child.id();
+    wait_until_asleep(pid);
+    let ready = mib(rss(pid, "VmRSS"));
+    Session::open(server.addr).quit();
+    let log = dir.join("log");
+    let start = Instant::now();
+    while !fs::read_to_string(&log).is_ok_and(|l| l.contains("disconnect from")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the session never ended"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    wait_until_asleep(pid);
+    let after = mib(rss(pid, "VmRSS"));
+    let verdict = |v: f64| match v <= IDLE_RSS_TARGET_MIB {
+        true => "within",
+        false => "OVER",
+    };
+    println!(
+        "  idle RSS, {label}: {ready:.2} MiB ({} the {IDLE_RSS_TARGET_MIB:.1} MiB target); \
+         after one session {after:.2} MiB ({})",
+        verdict(ready),
+        verdict(after)
+    );
+    server
+}
+
+/// Waits until every thread of `pid` sleeps (twice in a row): started and idle.
+fn wait_until_asleep(pid: u32) {
+    let asleep = || {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            fs::read_to_string(task.path().join("stat"))
+                .ok()
+                .and_then(|stat| Some(stat.rsplit_once(')')?.1.trim_start().starts_with('S')))
+                .unwrap_or(false)
+        })
+    };
+    let start = Instant::now();
+    while !(asleep() && asleep()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "postilion {pid} never went idle"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// A server under load: where it listens, and the process whose CPU time is counted.
@@ -661,12 +772,40 @@ struct Postilion {
 }
 
 impl Postilion {
+    /// Starts the release binary and waits until it accepts connections.
     fn start(dir: &Path, extra: &[&str]) -> Postilion {
+        let server = Postilion::spawn(Path::new(BIN), dir, extra, None);
+        wait_for_port(server.addr);
+        server
+    }
+
+    /// Starts `binary` and waits for its READY=1 on a notify socket of its own: started,
+    /// and no connection made to find out.
+    fn start_ready(binary: &Path, dir: &Path, extra: &[&str]) -> Postilion {
+        fs::create_dir_all(dir).expect("bench dir");
+        let path = dir.join("notify");
+        let _ = fs::remove_file(&path);
+        let notify = UnixDatagram::bind(&path).expect("notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("notify time-out");
+        let server = Postilion::spawn(binary, dir, extra, Some(&path));
+        let mut buf = [0u8; 256];
+        let n = notify.recv(&mut buf).expect("READY=1 within 30 s");
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).contains("READY=1"),
+            "unexpected notification"
+        );
+        server
+    }
+
+    fn spawn(binary: &Path, dir: &Path, extra: &[&str], notify: Option<&Path>) -> Postilion {
         fs::create_dir_all(dir).expect("bench dir");
         let log = fs::File::create(dir.join("log")).expect("log file");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut command = Command::new(binary);
         // Root or not, as it is (see make run).
-        let child = Command::new(BIN)
+        command
             .args(["serve", "--allow-root"])
             .args(["--listen", &addr.to_string()])
             .args(["--spool", &dir.join("spool").to_string_lossy()])
@@ -678,12 +817,14 @@ impl Postilion {
                 "300",
             ])
             .args(extra)
+            .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start postilion");
-        wait_for_port(addr);
+            .stderr(log);
+        if let Some(path) = notify {
+            command.env("NOTIFY_SOCKET", path);
+        }
+        let child = command.spawn().expect("start postilion");
         Postilion { child, addr }
     }
 }

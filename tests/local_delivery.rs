@@ -305,3 +305,61 @@ fn a_user_directory_is_used_as_named_whatever_the_case_of_the_address() {
         "no second Maildir for the same user"
     );
 }
+
+/// The names of the server's threads (`/proc/PID/task/*/comm`).
+fn thread_names(server: &Server) -> Vec<String> {
+    let tasks = format!("/proc/{}/task", server.child.id());
+    fs::read_dir(tasks)
+        .unwrap()
+        .filter_map(|task| fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+fn delivery_threads(server: &Server) -> usize {
+    thread_names(server)
+        .iter()
+        .filter(|name| name.starts_with("delivery-"))
+        .count()
+}
+
+#[test]
+fn an_idle_server_has_no_delivery_thread_until_mail_comes() {
+    let server = Server::start("lazy-workers", DELIVER);
+    // The scheduler is started last, after what the server would start for delivery.
+    wait_until("the scheduler thread", || {
+        thread_names(&server).iter().any(|name| name == "scheduler")
+    });
+    assert_eq!(delivery_threads(&server), 0, "{:?}", thread_names(&server));
+    queue_test_message(
+        &server,
+        "ann@client.test",
+        &["alice@example.test"],
+        b"1\r\n",
+    );
+    wait_for_mail(&server.mail.join("alice"), 1);
+    assert_eq!(delivery_threads(&server), 1, "{:?}", thread_names(&server));
+}
+
+#[test]
+fn no_more_delivery_threads_start_than_delivery_threads_says() {
+    // DELIVER says 2.
+    let server = Server::start("lazy-workers-cap", DELIVER);
+    let mut most = 0;
+    for n in 0..8 {
+        let body = format!("message {n}\r\n");
+        queue_test_message(
+            &server,
+            "ann@client.test",
+            &["alice@example.test"],
+            body.as_bytes(),
+        );
+        most = most.max(delivery_threads(&server));
+    }
+    wait_until("every message delivered", || {
+        most = most.max(delivery_threads(&server));
+        maildir(&server.mail.join("alice")).len() == 8
+    });
+    assert!((1..=2).contains(&most), "{most} delivery threads");
+    wait_until("the queue to empty", || server.queue_files("").is_empty());
+}

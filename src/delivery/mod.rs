@@ -1,4 +1,5 @@
-//! Delivery: a scheduler thread hands due queue ids to a fixed pool of worker threads; a
+//! Delivery: a scheduler thread hands due queue ids to a pool of at most `delivery_threads`
+//! worker threads, started as work comes (an idle server has none: each costs memory); a
 //! worker delivers each due recipient of one message (local Maildir, or remote), writes each
 //! outcome into the envelope right after its attempt, bounces what failed, and removes the
 //! message when every recipient is done.
@@ -85,7 +86,9 @@ pub struct Delivery {
     pub queued: Sender<String>,
     /// Dropped to stop the scheduler (which then drops the workers' channel).
     stop: Option<Sender<()>>,
-    workers: Vec<thread::JoinHandle<()>>,
+    scheduler: Option<thread::JoinHandle<()>>,
+    /// The delivery threads started so far (by the scheduler, as work comes).
+    workers: Arc<Mutex<Vec<thread::JoinHandle<()>>>>,
     context: Option<Arc<Context>>,
     /// The queue tools' way in, served on `spool/control` by `serve_control`.
     control: Arc<Control>,
@@ -129,14 +132,22 @@ impl Delivery {
             context.stopping.store(true, Ordering::Relaxed);
         }
         drop(self.stop.take());
+        // The scheduler returns at once; once it has, no worker is started any more.
+        let running = |workers: &Mutex<Vec<thread::JoinHandle<()>>>| {
+            let workers = workers.lock().unwrap_or_else(|p| p.into_inner());
+            workers.iter().filter(|w| !w.is_finished()).count()
+        };
         // Polled: a worker may be deep in a remote transaction, with nothing to wake it.
-        while Instant::now() < deadline && self.workers.iter().any(|w| !w.is_finished()) {
+        while Instant::now() < deadline
+            && (self.scheduler.as_ref().is_some_and(|s| !s.is_finished())
+                || running(&self.workers) > 0)
+        {
             thread::sleep(Duration::from_millis(20));
         }
         if let Some(context) = &self.context {
             context.write_unsaved();
         }
-        self.workers.iter().filter(|w| !w.is_finished()).count()
+        running(&self.workers)
     }
 }
 
@@ -155,19 +166,19 @@ pub fn start(
         queued.clone(),
         Arc::clone(&unsaved),
     ));
+    let workers = Arc::new(Mutex::new(Vec::new()));
     if config.delivery_threads == 0 {
         log::warn!("delivery is paused (delivery_threads = 0): mail waits in queue/");
         return Ok(Delivery {
             queued,
             stop: Some(stop),
-            workers: Vec::new(),
+            scheduler: None,
+            workers,
             context: None,
             control,
             control_socket: None,
         });
     }
-    let (work, work_rx) = crossbeam_channel::unbounded::<String>();
-    let (results, results_rx) = crossbeam_channel::unbounded();
     let context = Arc::new(Context {
         config: Arc::clone(&config),
         spool,
@@ -183,10 +194,87 @@ pub fn start(
         stopping: AtomicBool::new(false),
         recovered: Mutex::new(recovered.iter().cloned().collect()),
     });
-    let mut workers = Vec::new();
-    for n in 0..config.delivery_threads {
-        let (context, work_rx, results) = (Arc::clone(&context), work_rx.clone(), results.clone());
-        let worker = thread::Builder::new()
+    for id in recovered {
+        let _ = queued.send(id);
+    }
+    let pool = Pool::new(Arc::clone(&context), Arc::clone(&workers));
+    let scan_context = Arc::clone(&context);
+    let scheduler = thread::Builder::new()
+        .name("scheduler".into())
+        .spawn(move || scheduler(&scan_context, queued_rx, stop_rx, pool))?;
+    Ok(Delivery {
+        queued,
+        stop: Some(stop),
+        scheduler: Some(scheduler),
+        workers,
+        context: Some(context),
+        control,
+        control_socket: None,
+    })
+}
+
+/// The delivery threads: at most `delivery_threads`, each started when a message is handed
+/// out and every thread already started is busy. Owned by the scheduler.
+struct Pool {
+    context: Arc<Context>,
+    work: Sender<String>,
+    work_rx: Receiver<String>,
+    results: Sender<(String, Option<u64>)>,
+    /// What the workers say when they are done with a message.
+    results_rx: Receiver<(String, Option<u64>)>,
+    started: Arc<Mutex<Vec<thread::JoinHandle<()>>>>,
+    /// Messages handed out and not yet finished.
+    busy: usize,
+}
+
+impl Pool {
+    fn new(context: Arc<Context>, started: Arc<Mutex<Vec<thread::JoinHandle<()>>>>) -> Pool {
+        let (work, work_rx) = crossbeam_channel::unbounded();
+        let (results, results_rx) = crossbeam_channel::unbounded();
+        Pool {
+            context,
+            work,
+            work_rx,
+            results,
+            results_rx,
+            started,
+            busy: 0,
+        }
+    }
+
+    /// Gives `id` to an idle worker, starting one if none is idle and the pool may grow.
+    /// Gives it back when there is no worker at all (none could be started).
+    fn hand_out(&mut self, id: String) -> Result<(), String> {
+        let count = self.started().len();
+        if self.busy >= count && count < self.context.config.delivery_threads {
+            self.start_worker(count);
+        }
+        if self.started().is_empty() {
+            return Err(id);
+        }
+        self.busy += 1;
+        let _ = self.work.send(id);
+        Ok(())
+    }
+
+    fn started(&self) -> std::sync::MutexGuard<'_, Vec<thread::JoinHandle<()>>> {
+        self.started.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A worker is done with a message.
+    fn finished(&mut self) {
+        self.busy = self.busy.saturating_sub(1);
+    }
+
+    /// Starts worker `n`. A failure is logged: the message waits for a worker already
+    /// running, or is tried again later.
+    fn start_worker(&self, n: usize) {
+        let (context, work_rx, results) = (
+            Arc::clone(&self.context),
+            self.work_rx.clone(),
+            self.results.clone(),
+        );
+        let spawned = thread::Builder::new()
             .name(format!("delivery-{n}"))
             .spawn(move || {
                 let mut worker = Worker {
@@ -202,24 +290,12 @@ pub fn start(
                     let next = worker.work(&id);
                     let _ = results.send((id, next));
                 }
-            })?;
-        workers.push(worker);
+            });
+        match spawned {
+            Ok(handle) => self.started().push(handle),
+            Err(e) => log::error!("cannot start delivery thread {n}: {e}"),
+        }
     }
-    for id in recovered {
-        let _ = queued.send(id);
-    }
-    let scan_context = Arc::clone(&context);
-    thread::Builder::new()
-        .name("scheduler".into())
-        .spawn(move || scheduler(&scan_context, queued_rx, results_rx, stop_rx, work))?;
-    Ok(Delivery {
-        queued,
-        stop: Some(stop),
-        workers,
-        context: Some(context),
-        control,
-        control_socket: None,
-    })
 }
 
 fn seed(n: u64) -> u64 {
@@ -240,20 +316,18 @@ fn next_random(state: &mut u64) -> u64 {
 
 /// Hands out what is due, without busy waiting: sleeps until the next due time, a new id,
 /// a finished worker, or the next scan of `queue/`.
-fn scheduler(
-    context: &Context,
-    queued: Receiver<String>,
-    results: Receiver<(String, Option<u64>)>,
-    stop: Receiver<()>,
-    work: Sender<String>,
-) {
+fn scheduler(context: &Context, queued: Receiver<String>, stop: Receiver<()>, mut pool: Pool) {
+    let results = pool.results_rx.clone();
     let mut schedule = Schedule::default();
     let scan_every = context.config.queue_scan_interval.as_secs().max(1);
     let mut next_scan = datetime::now() + scan_every;
     loop {
         let now = datetime::now();
         for id in schedule.take_due(now) {
-            let _ = work.send(id);
+            if let Err(id) = pool.hand_out(id) {
+                // No delivery thread could be started: try again in a minute.
+                schedule.finished(&id, Some(now + 60), now);
+            }
         }
         if now >= next_scan {
             match context.spool.queued_ids() {
@@ -282,10 +356,11 @@ fn scheduler(
             },
             recv(results) -> result => {
                 if let Ok((id, next)) = result {
+                    pool.finished();
                     schedule.finished(&id, next, datetime::now());
                 }
             }
-            // Stopping: dropping `work` ends each worker after its current message.
+            // Stopping: dropping the pool's `work` ends each worker after its current message.
             recv(stop) -> _ => return,
             default(timeout) => {}
         }
