@@ -42,30 +42,53 @@ struct Load {
     sessions: usize,
     /// Messages per session and round.
     messages: usize,
-    /// Without TLS a session sends all its messages on one connection; with it, each message
-    /// has a connection of its own: connect, EHLO, STARTTLS, handshake, EHLO, message, QUIT.
-    tls: bool,
+    shape: Shape,
 }
 
-const LOADS: [Load; 3] = [
+/// How a session sends its messages.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// All on one connection, MAIL/RCPT/DATA pipelined.
+    Pipelined,
+    /// Each on a connection of its own: connect, EHLO, message, QUIT, as most mail arrives.
+    PerConnection,
+    /// Each on a connection of its own with STARTTLS: connect, EHLO, STARTTLS, handshake,
+    /// EHLO, message, QUIT.
+    Tls,
+}
+
+const LOADS: [Load; 5] = [
     Load {
         sessions: 1,
         messages: 300,
-        tls: false,
+        shape: Shape::PerConnection,
     },
     Load {
         sessions: 20,
         messages: 100,
-        tls: false,
+        shape: Shape::PerConnection,
+    },
+    Load {
+        sessions: 1,
+        messages: 300,
+        shape: Shape::Pipelined,
+    },
+    Load {
+        sessions: 20,
+        messages: 100,
+        shape: Shape::Pipelined,
     },
     Load {
         sessions: 20,
         messages: 50,
-        tls: true,
+        shape: Shape::Tls,
     },
 ];
 
 fn main() {
+    // `cargo bench --bench load -- relay` runs only the relay rows (`accept`: the rest).
+    let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let work = PathBuf::from("target/bench");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).expect("create target/bench");
@@ -76,6 +99,10 @@ fn main() {
         return;
     }
     let message = message();
+    if !wanted("accept") {
+        delivery(&work, &message);
+        return;
+    }
     let certificate = Certificate::write(&work);
 
     let (cert, key) = (
@@ -116,6 +143,11 @@ fn main() {
         });
     }
     println!();
+    println!(
+        "\"conn\" rows: a new connection per message (connect, EHLO, message, QUIT), as most \
+         mail arrives, latency from connect to the 250; \"pipe\" rows: every message of a \
+         session on one connection, MAIL/RCPT/DATA pipelined"
+    );
     println!(
         "\"TLS\" rows: a new connection per message (connect, EHLO, STARTTLS, handshake, EHLO, \
          message, QUIT), latency from connect to the 250; rustls client (ring), TLS 1.3, no \
@@ -162,6 +194,7 @@ fn main() {
         }
         println!("{line}\n");
     }
+    smtp_source(&servers);
     println!(
         "peak RSS: {:.2} MiB",
         mib(rss(postilion.child.id(), "VmHWM"))
@@ -169,7 +202,9 @@ fn main() {
     println!("(every message fsync'd before its 250: file, envelope and queue directory)");
     drop(postilion);
     drop(postfix);
-    delivery(&work, &message);
+    if wanted("relay") {
+        delivery(&work, &message);
+    }
 }
 
 /// What `make static` builds (Makefile `STATIC` on this machine).
@@ -302,15 +337,22 @@ struct Target {
 
 impl Load {
     fn label(&self) -> String {
-        format!("{}{}", self.sessions, if self.tls { " TLS" } else { "" })
+        let shape = match self.shape {
+            Shape::PerConnection => " conn",
+            Shape::Pipelined => " pipe",
+            Shape::Tls => " TLS",
+        };
+        format!("{}{shape}", self.sessions)
     }
 
     fn run(&self, server: &Target, message: &[u8], tls: &Arc<ClientConfig>) -> Run {
         let before = server.pid.map(cpu_seconds);
-        let mut run = if self.tls {
-            tls_load(server.addr, self.sessions, self.messages, message, tls)
-        } else {
-            load(server.addr, self.sessions, self.messages, message)
+        let mut run = match self.shape {
+            Shape::Pipelined => load(server.addr, self.sessions, self.messages, message),
+            Shape::PerConnection => {
+                per_connection_load(server.addr, self.sessions, self.messages, message)
+            }
+            Shape::Tls => tls_load(server.addr, self.sessions, self.messages, message, tls),
         };
         if let (Some(pid), Some(before)) = (server.pid, before) {
             let messages = (self.sessions * self.messages) as f64;
@@ -370,11 +412,13 @@ const HOLD: &str =
                     smtpd_data_restrictions = check_client_access static:HOLD\n";
 const DELIVERY_MESSAGES: usize = 2000;
 
-/// 2000 messages from 20 sessions, timed until the sink has every one.
+/// 2000 messages from 20 sessions, each on a connection of its own (then on 20 pipelined
+/// connections), timed until the sink has every one; ROUNDS rounds, alternating servers.
 fn delivery(work: &Path, message: &[u8]) {
     println!();
     println!(
-        "delivery: {DELIVERY_MESSAGES} messages of 4 KiB accepted (20 sessions) and relayed to a sink on loopback"
+        "delivery: {DELIVERY_MESSAGES} messages of 4 KiB accepted from 20 sessions and relayed \
+         to a sink on loopback, end to end; CPU of the server per 1000 messages"
     );
     let sink = Sink::start();
     let relay = sink.addr.to_string();
@@ -382,27 +426,65 @@ fn delivery(work: &Path, message: &[u8]) {
         &work.join("postilion-relay"),
         &["--relayhost", &relay, "--smtp-tls", "none"],
     );
-    let ours = relay_run(postilion.addr, &sink, message);
-    println!(
-        "  postilion: {ours:.2} s end to end, {:.0} msg/s",
-        DELIVERY_MESSAGES as f64 / ours
-    );
-    drop(postilion);
     let relayhost = format!("relayhost = [127.0.0.1]:{}\n", sink.addr.port());
-    if let Some(postfix) = Postfix::start(&work.join("postfix-relay"), &relayhost) {
-        let theirs = relay_run(postfix.addr, &sink, message);
-        println!(
-            "  postfix:   {theirs:.2} s end to end, {:.0} msg/s",
-            DELIVERY_MESSAGES as f64 / theirs
-        );
-        println!("  ratio: {:.2}x", theirs / ours);
+    let postfix = Postfix::start(&work.join("postfix-relay"), &relayhost);
+    let mut servers = vec![Target {
+        name: "postilion",
+        addr: postilion.addr,
+        pid: Some(postilion.child.id()),
+    }];
+    if let Some(postfix) = &postfix {
+        servers.push(Target {
+            name: "postfix",
+            addr: postfix.addr,
+            pid: postfix.pid,
+        });
+    }
+    for shape in [Shape::PerConnection, Shape::Pipelined] {
+        let label = match shape {
+            Shape::PerConnection => "relay, a connection per message",
+            _ => "relay, 20 pipelined connections",
+        };
+        let mut rates: Vec<Vec<f64>> = servers.iter().map(|_| Vec::new()).collect();
+        for _ in 0..ROUNDS {
+            for (server, rates) in servers.iter().zip(&mut rates) {
+                let before = server.pid.map(cpu_seconds);
+                let seconds = relay_run(server.addr, &sink, message, shape);
+                let cpu = match (server.pid, before) {
+                    (Some(pid), Some(before)) => format!(
+                        ", {:.2} CPU s/1k",
+                        (cpu_seconds(pid) - before) * 1000.0 / DELIVERY_MESSAGES as f64
+                    ),
+                    _ => String::new(),
+                };
+                let rate = DELIVERY_MESSAGES as f64 / seconds;
+                println!(
+                    "  {label}: {:<9} {seconds:.2} s, {rate:.0} msg/s{cpu}",
+                    server.name
+                );
+                rates.push(rate);
+            }
+        }
+        let medians: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
+        let mut line = format!("  {label}: median:");
+        for (i, (server, rate)) in servers.iter().zip(&medians).enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            line += &format!("{sep} {} {rate:.0} msg/s", server.name);
+        }
+        if let [ours, theirs] = medians[..] {
+            line += &format!(", ratio {:.2}x", ours / theirs);
+        }
+        println!("{line}");
     }
 }
 
-fn relay_run(addr: SocketAddr, sink: &Sink, message: &[u8]) -> f64 {
+fn relay_run(addr: SocketAddr, sink: &Sink, message: &[u8], shape: Shape) -> f64 {
     let before = sink.count.load(Ordering::SeqCst);
     let start = Instant::now();
-    load(addr, 20, DELIVERY_MESSAGES / 20, message);
+    match shape {
+        Shape::Pipelined => load(addr, 20, DELIVERY_MESSAGES / 20, message),
+        _ => per_connection_load(addr, 20, DELIVERY_MESSAGES / 20, message),
+    };
     while sink.count.load(Ordering::SeqCst) < before + DELIVERY_MESSAGES {
         assert!(
             start.elapsed() < Duration::from_secs(600),
@@ -411,6 +493,43 @@ fn relay_run(addr: SocketAddr, sink: &Sink, message: &[u8]) -> f64 {
         thread::sleep(Duration::from_millis(5));
     }
     start.elapsed().as_secs_f64()
+}
+
+/// Postfix's own load generator against each server, one connection per message, as a
+/// check on ours: `smtp-source -s 20 -m 2000 -l 4096`, ROUNDS rounds alternating.
+fn smtp_source(servers: &[Target]) {
+    if Command::new("smtp-source").output().is_err() {
+        return;
+    }
+    let mut rates: Vec<Vec<f64>> = servers.iter().map(|_| Vec::new()).collect();
+    for _ in 0..ROUNDS {
+        for (server, rates) in servers.iter().zip(&mut rates) {
+            let start = Instant::now();
+            let status = Command::new("smtp-source")
+                .args(["-s", "20", "-m", "2000", "-l", "4096"])
+                .args(["-f", "bench@client.test", "-t", "someone@remote.test"])
+                .arg(server.addr.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if !status.map(|s| s.success()).unwrap_or(false) {
+                println!("(smtp-source failed against {})", server.name);
+                return;
+            }
+            rates.push(2000.0 / start.elapsed().as_secs_f64());
+        }
+    }
+    let medians: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
+    let mut line =
+        "smtp-source -s 20 -m 2000 -l 4096 (a connection per message): median:".to_string();
+    for (i, (server, rate)) in servers.iter().zip(&medians).enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        line += &format!("{sep} {} {rate:.0} msg/s", server.name);
+    }
+    if let [ours, theirs] = medians[..] {
+        line += &format!(", ratio {:.2}x", ours / theirs);
+    }
+    println!("{line}\n");
 }
 
 /// Accepts everything, keeps nothing, counts messages: the far end of the delivery run.
@@ -661,6 +780,25 @@ fn load(addr: SocketAddr, sessions: usize, per_session: usize, message: &[u8]) -
             latencies.push(t.elapsed());
         }
         session.quit();
+    })
+}
+
+/// `sessions` clients at once, each sending `per_session` messages, every one on a new
+/// connection; its latency runs from connect to the 250 after the message.
+fn per_connection_load(
+    addr: SocketAddr,
+    sessions: usize,
+    per_session: usize,
+    message: &[u8],
+) -> Run {
+    concurrently(sessions, |latencies| {
+        for _ in 0..per_session {
+            let t = Instant::now();
+            let mut session = Session::open(addr);
+            session.send(message);
+            latencies.push(t.elapsed());
+            session.quit();
+        }
     })
 }
 
