@@ -125,6 +125,16 @@ fn one_line(text: &str) -> String {
 
 impl Envelope {
     pub fn to_text(&self) -> String {
+        self.text(true)
+    }
+
+    /// The envelope as `ID.msg` carries it, written before the message: without `Size`,
+    /// which is the message file's to say.
+    pub fn to_text_at_arrival(&self) -> String {
+        self.text(false)
+    }
+
+    fn text(&self, with_size: bool) -> String {
         let mut out = String::with_capacity(256);
         // Writing into a String cannot fail.
         let _ = writeln!(out, "Version: {VERSION}");
@@ -152,7 +162,9 @@ impl Envelope {
             "SMTPUTF8: {}",
             if self.smtputf8 { "yes" } else { "no" }
         );
-        let _ = writeln!(out, "Size: {}", self.size);
+        if with_size {
+            let _ = writeln!(out, "Size: {}", self.size);
+        }
         if self.delay_warned {
             let _ = writeln!(out, "Delay-Warned: yes");
         }
@@ -279,7 +291,8 @@ impl Envelope {
             eight_bit: fields.eight_bit.unwrap_or(false),
             smtputf8: fields.smtputf8.unwrap_or(false),
             arrival: fields.arrival.ok_or_else(|| missing("Arrival"))?,
-            size: fields.size.ok_or_else(|| missing("Size"))?,
+            // The spool measures the message anyway; `Size` is for people reading the file.
+            size: fields.size.unwrap_or(0),
             delay_warned: fields.delay_warned,
             auth: fields.auth,
             held: fields.held,

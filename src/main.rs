@@ -10,6 +10,7 @@ mod datetime;
 mod delivery;
 mod directory;
 mod envelope;
+mod group_sync;
 mod log;
 mod maildrop;
 mod missing_headers;

@@ -267,7 +267,7 @@ fn commit(
         sender_ignored,
     } = message;
     let hostname = &config.hostname;
-    let mut incoming = match spool.incoming_as(id.to_string()) {
+    let mut incoming = match spool.incoming_as(id.to_string(), &envelope) {
         Ok(incoming) => incoming,
         Err(e) => {
             log::error!("maildrop: {id} waits: {e}");

@@ -660,7 +660,7 @@ impl Connection<'_> {
 
     fn start_message(&mut self, mut envelope: Envelope) {
         envelope.arrival = crate::datetime::now();
-        self.message = match self.server.spool.incoming() {
+        self.message = match self.server.spool.incoming(&envelope) {
             Ok(mut incoming) => {
                 let header = received::header(
                     &envelope,

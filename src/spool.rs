@@ -1,11 +1,21 @@
 //! The on-disk queue: commit, recover at start, load, update, remove. The only code that
 //! writes the spool.
 //!
-//! `tmp/` holds messages being written; `queue/` holds `ID.msg` (immutable) and `ID.env`
-//! (the envelope); `corrupt/` holds what could not be read. A commit writes both files in
-//! `tmp/`, fsyncs them, links `.msg` then `.env` into `queue/` (a link never replaces a file
-//! already there, as a rename would after an id collision) and fsyncs `queue/` itself; only
-//! then does it return a `Queued`, the one thing that lets a session answer 250 (invariant 1).
+//! `queue/` holds `ID.msg`, immutable: the envelope as it was at arrival, an empty line, then
+//! the message as it will be sent; and, from the first change of state on, `ID.env`, the
+//! envelope, which then supersedes the copy in `ID.msg`. `tmp/` holds envelopes being
+//! rewritten (and messages being written where the file system has no `O_TMPFILE`);
+//! `corrupt/` holds what could not be read.
+//!
+//! A commit writes one file, unnamed (`O_TMPFILE` in `queue/`) or in `tmp/`, fsyncs it, links
+//! it into `queue/` as `ID.msg` (a link never replaces a file already there, as a rename
+//! would after an id collision) and fsyncs `queue/`; only then does it return a `Queued`, the
+//! one thing that lets a session answer 250 (invariant 1). One file created per message, not
+//! two, and one directory fsync shared by every commit waiting at once (`group_sync.rs`): on
+//! a busy spool, making inodes and syncing directories is most of the cost of a message.
+//! A message done with on its first attempt never gets an `ID.env`: its removal, synced, is
+//! the record.
+//!
 //! A lock file keeps two servers off one spool. Everything here is its owner's alone:
 //! directories 0700, files 0600; root opening the spool for a user gives it what it makes.
 //! Two exceptions let `sendmail` (any local user) drop mail without the daemon: the root is
@@ -16,7 +26,8 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +35,7 @@ use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::envelope::Envelope;
+use crate::group_sync::GroupSync;
 use crate::privileges::{self, Owner};
 
 /// Mode of every file made in the spool.
@@ -32,6 +44,11 @@ const FILE_MODE: u32 = 0o600;
 const ROOT_MODE: u32 = 0o711;
 /// `maildrop/`: anyone may add, nobody else may list or read, nobody may remove another's.
 pub const MAILDROP_MODE: u32 = 0o1733;
+/// How an `ID.msg` that carries its envelope begins (an older one begins with our
+/// `Received:` header).
+const ENVELOPE_START: &[u8] = b"Version: ";
+/// An envelope carried in `ID.msg` longer than this is damage, not an envelope.
+const MAX_ENVELOPE: u64 = 16 << 20;
 
 /// Proof that a message is durably in `queue/`: only `Incoming::commit` makes one.
 #[derive(Debug, PartialEq, Eq)]
@@ -88,6 +105,34 @@ fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) 
     }
 }
 
+/// A queued message's bytes: `size` of them from `offset` in the file at `path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageFile {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl MessageFile {
+    /// The file, read from the message's first byte.
+    pub fn open(&self) -> io::Result<File> {
+        let mut file = File::open(&self.path)?;
+        file.seek(SeekFrom::Start(self.offset))?;
+        Ok(file)
+    }
+
+    /// A whole file as a message (for tests and files of our own making).
+    #[cfg(test)]
+    pub fn whole(path: &Path) -> MessageFile {
+        let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        MessageFile {
+            path: path.to_path_buf(),
+            offset: 0,
+            size,
+        }
+    }
+}
+
 /// What start-up recovery found.
 #[derive(Debug, Default)]
 pub struct Recovery {
@@ -104,6 +149,11 @@ pub struct Spool {
     queue: PathBuf,
     corrupt: PathBuf,
     maildrop: PathBuf,
+    /// New messages are written unnamed in `queue/` (`O_TMPFILE`), then linked: no name made
+    /// in `tmp/` and removed again. False where the file system or a missing `/proc` says no.
+    unnamed_files: bool,
+    /// One fsync of `queue/` for every commit, update or removal waiting at once.
+    queue_sync: GroupSync,
     /// Held (and locked) for the life of the server.
     _lock: File,
 }
@@ -143,6 +193,8 @@ impl Spool {
         }
         Ok(Spool {
             root: root.into(),
+            unnamed_files: unnamed_files_work(&queue, &tmp),
+            queue_sync: GroupSync::new(&queue),
             tmp,
             queue,
             corrupt,
@@ -156,9 +208,9 @@ impl Spool {
         &self.maildrop
     }
 
-    /// Whether `id` is in `queue/` already (its envelope is there).
+    /// Whether `id` is in `queue/` already (its message file is there).
     pub fn is_queued(&self, id: &str) -> bool {
-        fs::symlink_metadata(self.queue.join(format!("{id}.env"))).is_ok()
+        fs::symlink_metadata(self.message_path(id)).is_ok()
     }
 
     /// Removes a maildrop file taken in (or found queued already), durably: it must not be
@@ -198,6 +250,8 @@ impl Spool {
         Ok(Spool {
             root: root.into(),
             maildrop: root.join("maildrop"),
+            unnamed_files: unnamed_files_work(&queue, &tmp),
+            queue_sync: GroupSync::new(&queue),
             tmp,
             queue,
             corrupt,
@@ -242,9 +296,16 @@ impl Spool {
                     Ok(()) => recovery.queued.push(id.to_string()),
                 }
             } else if let Some(id) = name.strip_suffix(".msg") {
-                if !names.contains(&format!("{id}.env")) {
-                    let why = "no envelope (a commit cut short before its 250)";
-                    self.quarantine(&[name], why, &mut recovery)?;
+                if names.contains(&format!("{id}.env")) {
+                    continue;
+                }
+                match self.carried_envelope(id) {
+                    Ok(Some(_)) => recovery.queued.push(id.to_string()),
+                    Ok(None) => {
+                        let why = "no envelope (a commit cut short before its 250)";
+                        self.quarantine(&[name], why, &mut recovery)?;
+                    }
+                    Err(why) => self.quarantine(&[name], &why, &mut recovery)?,
                 }
             } else {
                 self.quarantine(&[name], "not a queue file name", &mut recovery)?;
@@ -281,34 +342,51 @@ impl Spool {
         sync_dir(&self.queue)
     }
 
-    /// Ids in `queue/` (those with an envelope), for the periodic scan.
+    /// Ids in `queue/` with an envelope, for the periodic scan.
     pub fn queued_ids(&self) -> Result<Vec<String>, SpoolError> {
-        let mut ids: Vec<String> = list(&self.queue)?
-            .into_iter()
-            .filter_map(|name| name.strip_suffix(".env").map(str::to_string))
-            .collect();
-        ids.sort();
-        Ok(ids)
+        queued_ids_in(&self.queue)
     }
 
-    /// The message file of a queued id.
-    pub fn message_path(&self, id: &str) -> PathBuf {
+    fn message_path(&self, id: &str) -> PathBuf {
         self.queue.join(format!("{id}.msg"))
     }
 
-    /// Reads a queued envelope. An unreadable one is moved to `corrupt/` with its message.
+    /// Where a queued message's bytes are: in `ID.msg`, past the envelope it carries.
+    pub fn message(&self, id: &str) -> io::Result<MessageFile> {
+        locate_message(&self.message_path(id))
+    }
+
+    fn carried_envelope(&self, id: &str) -> Result<Option<Envelope>, String> {
+        carried_envelope(&self.message_path(id))
+    }
+
+    /// Reads a queued envelope: `ID.env`, else the one `ID.msg` carries; its size is the
+    /// message's. An unreadable one is moved to `corrupt/` with its message.
     pub fn load(&self, id: &str) -> Result<Envelope, SpoolError> {
         let path = self.queue.join(format!("{id}.env"));
-        let text = fs::read_to_string(&path).map_err(io_error("read", &path))?;
-        Envelope::parse(&text).map_err(|e| {
+        let parsed = match fs::read_to_string(&path) {
+            Ok(text) => Envelope::parse(&text).map_err(|e| e.to_string()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let msg = self.message_path(id);
+                match self.carried_envelope(id) {
+                    Ok(Some(envelope)) => Ok(envelope),
+                    Ok(None) => {
+                        return Err(io_error("read", &path)(e));
+                    }
+                    Err(_) if !msg.exists() => return Err(io_error("read", &msg)(e)),
+                    Err(why) => Err(why),
+                }
+            }
+            Err(e) => return Err(io_error("read", &path)(e)),
+        };
+        let mut envelope = parsed.map_err(|why| {
             let names = [format!("{id}.env"), format!("{id}.msg")];
-            let _ = self.quarantine(
-                &[&names[0], &names[1]],
-                &e.to_string(),
-                &mut Recovery::default(),
-            );
-            io_error("parse", &path)(io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
-        })
+            let _ = self.quarantine(&[&names[0], &names[1]], &why, &mut Recovery::default());
+            io_error("parse", &path)(io::Error::new(io::ErrorKind::InvalidData, why))
+        })?;
+        let msg = self.message_path(id);
+        envelope.size = self.message(id).map_err(io_error("read", &msg))?.size;
+        Ok(envelope)
     }
 
     /// Replaces an envelope atomically: write to `tmp/`, fsync, rename, fsync `queue/`.
@@ -317,7 +395,7 @@ impl Spool {
         let result = write_synced(&tmp, envelope.to_text().as_bytes()).and_then(|()| {
             let path = self.queue.join(format!("{id}.env"));
             fs::rename(&tmp, &path).map_err(io_error("rename", &tmp))?;
-            sync_dir(&self.queue)
+            self.sync_queue()
         });
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -325,63 +403,205 @@ impl Spool {
         result
     }
 
-    /// Removes a finished message: envelope first, so it is never half-queued.
+    /// Removes a finished message: envelope first, so it is never half-queued. Durable on
+    /// return: the removal is the record that every recipient is done (invariant 6).
     pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
-        for name in [format!("{id}.env"), format!("{id}.msg")] {
-            let path = self.queue.join(name);
-            fs::remove_file(&path).map_err(io_error("remove", &path))?;
+        let env = self.queue.join(format!("{id}.env"));
+        match fs::remove_file(&env) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_error("remove", &env)(e));
+            }
+            _ => {}
         }
-        Ok(())
+        let msg = self.message_path(id);
+        fs::remove_file(&msg).map_err(io_error("remove", &msg))?;
+        self.sync_queue()
     }
 
-    /// Starts a new message in `tmp/` under a fresh queue id.
-    pub fn incoming(&self) -> Result<Incoming<'_>, SpoolError> {
-        self.incoming_as(new_id())
+    /// Makes the latest changes to `queue/`'s entries durable, sharing the fsync with every
+    /// other thread that asks at the same time.
+    fn sync_queue(&self) -> Result<(), SpoolError> {
+        self.queue_sync
+            .sync()
+            .map_err(io_error("sync directory", &self.queue))
+    }
+
+    /// Starts a new message under a fresh queue id, its envelope (as it is now, without a
+    /// size) first.
+    pub fn incoming(&self, envelope: &Envelope) -> Result<Incoming<'_>, SpoolError> {
+        self.incoming_as(new_id(), envelope)
     }
 
     /// A new message with a given id (a maildrop file's name, checked by the caller): its
     /// commit fails rather than replace a message queued with that id.
-    pub fn incoming_as(&self, id: String) -> Result<Incoming<'_>, SpoolError> {
-        let path = self.tmp.join(format!("{id}.msg"));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .open(&path)
-            .map_err(io_error("create", &path))?;
+    pub fn incoming_as(&self, id: String, envelope: &Envelope) -> Result<Incoming<'_>, SpoolError> {
+        let (file, tmp_path) = if self.unnamed_files {
+            let file = unnamed_file(&self.queue).map_err(io_error("create in", &self.queue))?;
+            (file, None)
+        } else {
+            let path = self.tmp.join(format!("{id}.msg"));
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&path)
+                .map_err(io_error("create", &path))?;
+            (file, Some(path))
+        };
+        let mut file = BufWriter::with_capacity(64 * 1024, file);
+        let error = file
+            .write_all(envelope.to_text_at_arrival().as_bytes())
+            .and_then(|()| file.write_all(b"\n"))
+            .err();
         Ok(Incoming {
             spool: self,
             id,
-            path,
-            file: Some(BufWriter::with_capacity(64 * 1024, file)),
+            tmp_path,
+            file: Some(file),
             size: 0,
-            error: None,
+            error,
         })
     }
 }
 
 /// Ids in `root/queue/`, read without the lock and writing nothing (for `queue list`).
 pub fn peek_ids(root: &Path) -> Result<Vec<String>, SpoolError> {
+    queued_ids_in(&root.join("queue"))
+}
+
+/// Reads an envelope without the lock and writing nothing: `None` when it is gone (delivered
+/// meanwhile). Envelopes are replaced by rename and message files appear whole (linked once
+/// written), so neither is ever read half-written.
+pub fn peek(root: &Path, id: &str) -> Result<Option<Envelope>, String> {
     let queue = root.join("queue");
-    let mut ids: Vec<String> = list(&queue)?
-        .into_iter()
-        .filter_map(|name| name.strip_suffix(".env").map(str::to_string))
+    let path = queue.join(format!("{id}.env"));
+    let msg = queue.join(format!("{id}.msg"));
+    let envelope = match fs::read_to_string(&path) {
+        Ok(text) => Envelope::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match carried_envelope(&msg) {
+            Ok(Some(envelope)) => envelope,
+            Ok(None) => return Ok(None),
+            Err(_) if !msg.exists() => return Ok(None),
+            Err(why) => return Err(format!("{}: {why}", msg.display())),
+        },
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    match locate_message(&msg) {
+        Ok(message) => Ok(Some(Envelope {
+            size: message.size,
+            ..envelope
+        })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", msg.display())),
+    }
+}
+
+/// Ids in a `queue/` with an envelope (in `ID.env`, or carried in `ID.msg`). An `ID.msg` of
+/// the older kind waiting for its `ID.env` (another program writing the two) is not listed.
+fn queued_ids_in(queue: &Path) -> Result<Vec<String>, SpoolError> {
+    let names = list(queue)?;
+    let mut ids: Vec<String> = names
+        .iter()
+        .filter_map(|name| {
+            if let Some(id) = name.strip_suffix(".env") {
+                return Some(id.to_string());
+            }
+            let id = name.strip_suffix(".msg")?;
+            let carries = !names.contains(&format!("{id}.env"))
+                && carries_envelope(&queue.join(name)).is_ok_and(|carries| carries);
+            carries.then(|| id.to_string())
+        })
         .collect();
     ids.sort();
     Ok(ids)
 }
 
-/// Reads an envelope without the lock and writing nothing: `None` when it is gone (delivered
-/// meanwhile). Envelopes are replaced by rename, so one is never read half-written.
-pub fn peek(root: &Path, id: &str) -> Result<Option<Envelope>, String> {
-    let path = root.join("queue").join(format!("{id}.env"));
-    match fs::read_to_string(&path) {
-        Ok(text) => Envelope::parse(&text)
+/// Whether a message file carries its envelope.
+fn carries_envelope(msg: &Path) -> io::Result<bool> {
+    let mut start = [0; ENVELOPE_START.len()];
+    File::open(msg)?.read_exact(&mut start)?;
+    Ok(start == ENVELOPE_START)
+}
+
+/// Where a message's bytes are in its file: past the envelope it carries, if any.
+fn locate_message(msg: &Path) -> io::Result<MessageFile> {
+    let file = File::open(msg)?;
+    let length = file.metadata()?.len();
+    let offset = match read_carried_envelope(&mut BufReader::new(file))? {
+        Some(text) => text.len() as u64 + 1,
+        None => 0,
+    };
+    Ok(MessageFile {
+        path: msg.to_path_buf(),
+        offset,
+        size: length.saturating_sub(offset),
+    })
+}
+
+/// The envelope a message file carries: `None` for one of the older kind.
+fn carried_envelope(msg: &Path) -> Result<Option<Envelope>, String> {
+    let file = File::open(msg).map_err(|e| e.to_string())?;
+    match read_carried_envelope(&mut BufReader::new(file)) {
+        Ok(Some(text)) => Envelope::parse(&text)
             .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            .map_err(|e| format!("its envelope: {e}")),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e.to_string()),
     }
+}
+
+/// Whether `dir` takes unnamed files (`O_TMPFILE`) that can then be linked by their
+/// `/proc/self/fd` name, tried once at start with a link into `tmp/` (removed at once).
+fn unnamed_files_work(dir: &Path, tmp: &Path) -> bool {
+    let probe = tmp.join(format!(".probe.{}", new_id()));
+    let works = unnamed_file(dir).and_then(|file| link_unnamed(&file, &probe));
+    let _ = fs::remove_file(&probe);
+    works.is_ok()
+}
+
+fn unnamed_file(dir: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::TMPFILE.bits() as i32)
+        .mode(FILE_MODE)
+        .open(dir)
+}
+
+/// Gives an unnamed file its name; fails if `to` exists.
+fn link_unnamed(file: &File, to: &Path) -> io::Result<()> {
+    let fd = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let (cwd, follow) = (rustix::fs::CWD, rustix::fs::AtFlags::SYMLINK_FOLLOW);
+    rustix::fs::linkat(cwd, fd.as_str(), cwd, to, follow).map_err(io::Error::from)
+}
+
+/// The envelope text at the start of a message file (up to the empty line, which is left
+/// unread), or `None` for a message file of the older kind (the reader is then where it was).
+fn read_carried_envelope(reader: &mut BufReader<File>) -> io::Result<Option<String>> {
+    if !reader.fill_buf()?.starts_with(ENVELOPE_START) {
+        return Ok(None);
+    }
+    let mut text = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader
+            .by_ref()
+            .take(MAX_ENVELOPE)
+            .read_until(b'\n', &mut line)?;
+        if n == 0 || !line.ends_with(b"\n") || text.len() as u64 > MAX_ENVELOPE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the envelope it carries has no end",
+            ));
+        }
+        if line == b"\n" {
+            break;
+        }
+        text.extend_from_slice(&line);
+    }
+    String::from_utf8(text)
+        .map(Some)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "its envelope is not UTF-8"))
 }
 
 /// File names in a directory.
@@ -441,13 +661,16 @@ pub fn new_id() -> String {
     )
 }
 
-/// A message being received. Dropped without `commit`, its temp file is removed.
+/// A message being received. Dropped without `commit`, its file goes (an unnamed one with
+/// its descriptor; one in `tmp/` by name).
 pub struct Incoming<'a> {
     spool: &'a Spool,
     id: String,
-    path: PathBuf,
+    /// Its name in `tmp/`, where the file system takes no unnamed files.
+    tmp_path: Option<PathBuf>,
     /// `None` once committed.
     file: Option<BufWriter<File>>,
+    /// Bytes of the message (the envelope it carries not counted).
     size: u64,
     /// The first write error; reported by `commit`.
     error: Option<io::Error>,
@@ -473,26 +696,19 @@ impl Incoming<'_> {
 
     /// Makes the message durable in `queue/`, setting `envelope.size`.
     pub fn commit(mut self, envelope: &mut Envelope) -> Result<Queued, SpoolError> {
-        let mut linked = Vec::new();
-        let result = self.try_commit(envelope, &mut linked);
-        if result.is_err() {
-            // Nothing unacknowledged may stay behind half-made: the .env goes first, so an
-            // .env is never left alone. Only what this commit linked is removed.
-            for path in linked.iter().rev() {
-                let _ = fs::remove_file(path);
-            }
+        let to = self.spool.message_path(&self.id);
+        let mut linked = false;
+        let result = self.try_commit(&to, &mut linked);
+        if result.is_err() && linked {
+            // Nothing unacknowledged may stay behind.
+            let _ = fs::remove_file(&to);
         }
-        // The temp names are garbage either way (the message's own goes on drop).
-        let _ = fs::remove_file(self.spool.tmp.join(format!("{}.env", self.id)));
+        envelope.size = self.size;
         result
     }
 
-    fn try_commit(
-        &mut self,
-        envelope: &mut Envelope,
-        linked: &mut Vec<PathBuf>,
-    ) -> Result<Queued, SpoolError> {
-        let path = self.path.clone();
+    fn try_commit(&mut self, to: &Path, linked: &mut bool) -> Result<Queued, SpoolError> {
+        let path = self.tmp_path.clone().unwrap_or_else(|| to.to_path_buf());
         if let Some(source) = self.error.take() {
             return Err(io_error("write", &path)(source));
         }
@@ -503,19 +719,13 @@ impl Incoming<'_> {
             .into_inner()
             .map_err(|e| io_error("write", &path)(e.into_error()))?;
         file.sync_all().map_err(io_error("sync", &path))?;
-        drop(file);
-
-        envelope.size = self.size;
-        let (tmp, queue) = (&self.spool.tmp, &self.spool.queue);
-        let env_tmp = tmp.join(format!("{}.env", self.id));
-        write_synced(&env_tmp, envelope.to_text().as_bytes())?;
-        // .msg first: an .env in queue/ always has its message.
-        for (from, suffix) in [(&path, "msg"), (&env_tmp, "env")] {
-            let to = queue.join(format!("{}.{suffix}", self.id));
-            link_no_replace(from, &to).map_err(io_error("link into queue/", &to))?;
-            linked.push(to);
+        match &self.tmp_path {
+            None => link_unnamed(&file, to),
+            Some(tmp) => link_no_replace(tmp, to),
         }
-        sync_dir(queue)?;
+        .map_err(io_error("link into queue/", to))?;
+        *linked = true;
+        self.spool.sync_queue()?;
         Ok(Queued {
             id: self.id.clone(),
         })
@@ -524,8 +734,10 @@ impl Incoming<'_> {
 
 impl Drop for Incoming<'_> {
     fn drop(&mut self) {
-        // Not committed (or the commit failed): the temp file is garbage.
-        let _ = fs::remove_file(&self.path);
+        // Committed or not, a name in tmp/ is garbage (an unnamed file needs nothing).
+        if let Some(tmp) = &self.tmp_path {
+            let _ = fs::remove_file(tmp);
+        }
     }
 }
 
@@ -600,16 +812,77 @@ mod tests {
     fn commit_then_recover() {
         let dir = temp_dir("commit");
         let spool = Spool::open(&dir, None).unwrap();
-        let mut incoming = spool.incoming().unwrap();
+        let mut incoming = spool.incoming(&envelope()).unwrap();
         incoming.write(b"Subject: hi\r\n\r\nbody\r\n");
         let mut env = envelope();
         let queued = incoming.commit(&mut env).unwrap();
         assert_eq!(env.size, 21);
-        let msg = fs::read(dir.join("queue").join(format!("{}.msg", queued.id()))).unwrap();
-        assert_eq!(msg, b"Subject: hi\r\n\r\nbody\r\n");
+        let id = queued.id();
+        // One file: the envelope as it was at arrival, an empty line, the message.
+        assert_eq!(list(&dir.join("queue")).unwrap(), [format!("{id}.msg")]);
+        let file = fs::read_to_string(dir.join("queue").join(format!("{id}.msg"))).unwrap();
+        let carried = envelope().to_text_at_arrival();
+        assert_eq!(file, format!("{carried}\nSubject: hi\r\n\r\nbody\r\n"));
+        assert!(!carried.contains("Size:"));
+        let mut message = String::new();
+        let located = spool.message(id).unwrap();
+        located
+            .open()
+            .unwrap()
+            .read_to_string(&mut message)
+            .unwrap();
+        assert_eq!(message, "Subject: hi\r\n\r\nbody\r\n");
+        assert_eq!(located.size, 21);
         assert!(list(&dir.join("tmp")).unwrap().is_empty());
         let recovery = spool.recover().unwrap();
-        assert_eq!(recovery.queued, vec![queued.id().to_string()]);
+        assert_eq!(recovery.queued, vec![id.to_string()]);
+        assert_eq!(spool.queued_ids().unwrap(), vec![id.to_string()]);
+        // Loaded from the file, measured from it.
+        assert_eq!(spool.load(id).unwrap(), env);
+        // Once written, ID.env is the envelope.
+        let mut changed = env.clone();
+        changed.recipients[0].attempts = 3;
+        spool.update(id, &changed).unwrap();
+        assert_eq!(spool.load(id).unwrap(), changed);
+        assert_eq!(spool.recover().unwrap().queued, vec![id.to_string()]);
+        assert_eq!(spool.queued_ids().unwrap(), vec![id.to_string()]);
+        spool.remove(id).unwrap();
+        assert!(list(&dir.join("queue")).unwrap().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn without_unnamed_files_a_commit_goes_through_tmp() {
+        let dir = temp_dir("named");
+        let mut spool = Spool::open(&dir, None).unwrap();
+        assert!(spool.unnamed_files, "this file system takes O_TMPFILE");
+        spool.unnamed_files = false;
+        let mut incoming = spool.incoming(&envelope()).unwrap();
+        incoming.write(b"x\r\n");
+        assert_eq!(list(&dir.join("tmp")).unwrap().len(), 1);
+        let id = incoming.commit(&mut envelope()).unwrap().id().to_string();
+        assert!(list(&dir.join("tmp")).unwrap().is_empty());
+        assert_eq!(spool.load(&id).unwrap().size, 3);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_older_message_file_needs_its_env() {
+        let dir = temp_dir("older");
+        let spool = Spool::open(&dir, None).unwrap();
+        let mut env = envelope();
+        env.size = 5;
+        // As an earlier Postilion (or another program) wrote them: a plain message.
+        fs::write(dir.join("queue/1.M1P1Q1.msg"), b"old\r\n").unwrap();
+        fs::write(dir.join("queue/1.M1P1Q1.env"), env.to_text()).unwrap();
+        fs::write(dir.join("queue/2.M1P1Q1.msg"), b"alone\r\n").unwrap();
+        assert_eq!(spool.queued_ids().unwrap(), ["1.M1P1Q1"]);
+        assert_eq!(spool.load("1.M1P1Q1").unwrap(), env);
+        let located = spool.message("1.M1P1Q1").unwrap();
+        assert_eq!((located.offset, located.size), (0, 5));
+        let recovery = spool.recover().unwrap();
+        assert_eq!(recovery.queued, ["1.M1P1Q1"]);
+        assert_eq!(list(&dir.join("corrupt")).unwrap(), ["2.M1P1Q1.msg"]);
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -618,7 +891,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = temp_dir("modes");
         let spool = Spool::open(&dir, None).unwrap();
-        let mut incoming = spool.incoming().unwrap();
+        let mut incoming = spool.incoming(&envelope()).unwrap();
         incoming.write(b"x\r\n");
         let id = incoming.commit(&mut envelope()).unwrap().id().to_string();
         spool.update(&id, &envelope()).unwrap();
@@ -669,7 +942,7 @@ mod tests {
     fn dropped_incoming_leaves_nothing() {
         let dir = temp_dir("drop");
         let spool = Spool::open(&dir, None).unwrap();
-        let mut incoming = spool.incoming().unwrap();
+        let mut incoming = spool.incoming(&envelope()).unwrap();
         incoming.write(b"partial");
         drop(incoming);
         assert!(list(&dir.join("tmp")).unwrap().is_empty());
@@ -712,7 +985,7 @@ mod tests {
     fn load_update_remove() {
         let dir = temp_dir("update");
         let spool = Spool::open(&dir, None).unwrap();
-        let mut incoming = spool.incoming().unwrap();
+        let mut incoming = spool.incoming(&envelope()).unwrap();
         incoming.write(b"x\r\n");
         let mut env = envelope();
         let id = incoming.commit(&mut env).unwrap().id().to_string();
@@ -741,7 +1014,7 @@ mod tests {
     fn a_commit_never_replaces_a_queued_file_and_leaves_nothing_when_it_fails() {
         let dir = temp_dir("collide");
         let spool = Spool::open(&dir, None).unwrap();
-        let mut incoming = spool.incoming().unwrap();
+        let mut incoming = spool.incoming(&envelope()).unwrap();
         incoming.write(b"new\r\n");
         // Another message already has this id (a clock stepped back, a pid reused).
         let id = incoming.id().to_string();
@@ -753,15 +1026,6 @@ mod tests {
             b"old\r\n"
         );
         assert!(dir.join(format!("queue/{id}.env")).exists());
-        assert!(list(&dir.join("tmp")).unwrap().is_empty());
-        // Only the .msg collides: the new .env must not stay behind alone either.
-        fs::remove_file(dir.join(format!("queue/{id}.env"))).unwrap();
-        let mut incoming = spool.incoming().unwrap();
-        let id2 = incoming.id().to_string();
-        incoming.write(b"x\r\n");
-        fs::create_dir(dir.join(format!("queue/{id2}.env"))).unwrap();
-        assert!(incoming.commit(&mut envelope()).is_err());
-        assert!(!dir.join(format!("queue/{id2}.msg")).exists());
         assert!(list(&dir.join("tmp")).unwrap().is_empty());
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -187,19 +187,20 @@ fn stalled_data_gets_421_and_nothing_is_queued() {
 #[test]
 fn unwritable_spool_is_451_and_nothing_is_acknowledged() {
     let server = Server::start("unwritable", &[]);
-    // As root, permissions do not stop writes: make tmp/ something that cannot hold files.
-    let tmp = server.spool.join("tmp");
-    fs::remove_dir(&tmp).unwrap();
-    fs::write(&tmp, b"not a directory").unwrap();
+    // As root, permissions do not stop writes: make queue/ (where a new message is made)
+    // something that cannot hold files.
+    let queue = server.spool.join("queue");
+    fs::remove_dir(&queue).unwrap();
+    fs::write(&queue, b"not a directory").unwrap();
     let mut c = Client::hello(server.addr);
     c.start_data();
     c.send("Subject: x\r\n\r\nbody\r\n.\r\n");
     c.expect("451 4.3.0");
-    assert!(server.queue_files("").is_empty());
+    assert!(server.tmp_files().is_empty());
     server.wait_for_log("queue write failed");
     // Once the spool is fixed, mail flows again on the same connection.
-    fs::remove_file(&tmp).unwrap();
-    fs::create_dir(&tmp).unwrap();
+    fs::remove_file(&queue).unwrap();
+    fs::create_dir(&queue).unwrap();
     c.start_data();
     c.send("Subject: x\r\n\r\nbody\r\n.\r\n");
     c.expect("250 2.0.0");

@@ -107,7 +107,7 @@ fn lettre_starttls_on_submission_logs_in_with_plain_and_with_login_and_relays() 
         let id = send_to_remote(&mailer).unwrap_or_else(|e| panic!("{mechanism:?}: {e}"));
         assert_relayed_for_alice(&server, &id);
     }
-    assert_eq!(server.queue_files(".env").len(), 2);
+    assert_eq!(server.queue_files(".msg").len(), 2);
     // One login per mechanism, each on the submission role.
     assert_log_count(&server, &["authenticated as alice"], 2);
     assert_log_count(&server, &["connect from", "(submission)"], 2);
@@ -121,7 +121,7 @@ fn lettre_starttls_on_submission_logs_in_with_plain_and_with_login_and_relays() 
             "{mechanism:?}: {error}"
         );
     }
-    assert_eq!(server.queue_files(".env").len(), 2);
+    assert_eq!(server.queue_files(".msg").len(), 2);
     // The refusals show the mechanism each used: PLAIN's credentials come with the command
     // (masked in the log), LOGIN's password answers a 334.
     assert_log_count(&server, &["reject: AUTH PLAIN ********: 535 5.7.8"], 1);
@@ -167,7 +167,7 @@ fn lettre_implicit_tls_on_submissions_logs_in_and_relays() {
         error.to_string().contains("invalid peer certificate"),
         "{error}"
     );
-    assert_eq!(server.queue_files(".env").len(), 1);
+    assert_eq!(server.queue_files(".msg").len(), 1);
 }
 
 /// What every smtplib script starts with: the ports (smtp, submission, submissions), a TLS
@@ -241,9 +241,9 @@ assert s.sendmail('alice@example.test', ['bob@remote.test'], MESSAGE) == {}
 s.quit()
 "#,
     );
-    let envelopes = server.queue_files(".env");
+    let envelopes = server.queue_files(".msg");
     assert_eq!(envelopes.len(), 1);
-    assert_relayed_for_alice(&server, envelopes[0].trim_end_matches(".env"));
+    assert_relayed_for_alice(&server, envelopes[0].trim_end_matches(".msg"));
 }
 
 #[test]
@@ -276,7 +276,7 @@ s.quit()
     assert_log_count(&server, &["disconnect from"], 2);
     assert_log_count(&server, &["authenticated as alice"], 1);
     assert_log_count(&server, &["AUTH failed"], 0);
-    assert!(server.queue_files(".env").is_empty());
+    assert!(server.queue_files(".msg").is_empty());
 }
 
 #[test]
@@ -310,7 +310,7 @@ s.quit()
     assert!(paused >= 0.95, "535 came after {paused}s");
     assert_log_count(&server, &["AUTH failed for 'alice' from 127.0.0.1"], 3);
     assert_log_count(&server, &["AUTH failed for 'mallory'"], 1);
-    assert_eq!(server.queue_files(".env").len(), 1);
+    assert_eq!(server.queue_files(".msg").len(), 1);
 }
 
 #[test]
@@ -380,9 +380,9 @@ expect(s.data(MESSAGE), 250, '2.0.0 Ok: queued as')
 s.quit()
 "#,
     );
-    let envelopes = server.queue_files(".env");
+    let envelopes = server.queue_files(".msg");
     assert_eq!(envelopes.len(), 1, "only the logged-in message");
-    assert_relayed_for_alice(&server, envelopes[0].trim_end_matches(".env"));
+    assert_relayed_for_alice(&server, envelopes[0].trim_end_matches(".msg"));
     assert_log_count(&server, &["authenticated as alice"], 1);
 }
 
@@ -404,9 +404,9 @@ assert s.sendmail('team@example.test', ['bob@remote.test'], MESSAGE) == {}
 s.quit()
 "#,
     );
-    let envelopes = server.queue_files(".env");
+    let envelopes = server.queue_files(".msg");
     assert_eq!(envelopes.len(), 1);
-    let env = server.queued_envelope(envelopes[0].trim_end_matches(".env"));
+    let env = server.queued_envelope(envelopes[0].trim_end_matches(".msg"));
     assert!(
         env.contains("From: <team@example.test>\n") && env.contains("Auth: alice\n"),
         "{env}"
@@ -457,9 +457,9 @@ assert s.sendmail('alice@example.test', ['bob@remote.test'], MESSAGE) == {}
 s.quit()
 "#,
     );
-    let envelopes = server.queue_files(".env");
+    let envelopes = server.queue_files(".msg");
     assert_eq!(envelopes.len(), 1);
-    let id = envelopes[0].trim_end_matches(".env");
+    let id = envelopes[0].trim_end_matches(".msg");
     assert_relayed_for_alice(&server, id);
     let (received, _) = split_received(&server.queued_message(id));
     assert!(

@@ -42,17 +42,16 @@ fn kill_9_loses_no_acknowledged_message() {
         let (_, stored) = split_received(&restarted.queued_message(id));
         assert_eq!(&stored, data, "message {id} damaged");
     }
-    // Nothing half-written is in queue/: each file has its partner and parses.
-    let envs = restarted.queue_files(".env");
+    // Nothing half-written is in queue/: each message carries an envelope that parses.
     let msgs = restarted.queue_files(".msg");
-    assert_eq!(envs.len(), msgs.len());
-    for env in &envs {
-        let text = restarted.queued_envelope(env.trim_end_matches(".env"));
+    assert!(restarted.queue_files(".env").is_empty());
+    for msg in &msgs {
+        let text = restarted.queued_envelope(msg.trim_end_matches(".msg"));
         assert!(text.starts_with("Version: 1\n") && text.contains("Rcpt: <alice@example.test>"));
     }
-    assert!(envs.len() >= acked.len());
+    assert!(msgs.len() >= acked.len());
     assert!(
-        started.contains(&format!("{} queued", envs.len())),
+        started.contains(&format!("{} queued", msgs.len())),
         "{started}"
     );
 }
@@ -78,7 +77,7 @@ fn startup_scan_clears_debris_quarantines_garbage_and_keeps_the_queue() {
     );
     server.wait_for_log("moved queue/124.M1P1Q1.env to corrupt/");
     assert!(server.tmp_files().is_empty());
-    assert_eq!(server.queue_files(".env"), [format!("{id}.env")]);
+    assert_eq!(server.queue_files(".msg"), [format!("{id}.msg")]);
     assert_eq!(
         common::list(&spool.join("corrupt"), ""),
         ["124.M1P1Q1.env", "124.M1P1Q1.msg"]

@@ -176,7 +176,13 @@ fn a_full_disk_after_a_remote_250_sends_nothing_twice() {
     let dns = DnsServer::start();
     let sink = mx_sink(&dns, "far.test");
     let gate = Gate::new();
-    sink.set(|b| b.final_gate = Some(Arc::clone(&gate)));
+    // carol is deferred: bob's outcome must then be written into the envelope (a message
+    // done with is only removed, which a full disk allows).
+    sink.set(|b| {
+        b.final_gate = Some(Arc::clone(&gate));
+        b.rcpt
+            .insert("carol@far.test".into(), "451 4.2.0 carol later".into());
+    });
     let (dns_addr, port) = (dns.addr.to_string(), sink.addr.port().to_string());
     let mut server = Server::start_in(
         &dir.0,
@@ -186,7 +192,7 @@ fn a_full_disk_after_a_remote_250_sends_nothing_twice() {
     let id = queue_message(
         &server,
         "ann@client.test",
-        &["bob@far.test"],
+        &["bob@far.test", "carol@far.test"],
         b"Subject: once\r\n\r\nonly once\r\n",
     );
     // The remote server has the message; before it says 250, the spool disk fills up.
@@ -206,13 +212,59 @@ fn a_full_disk_after_a_remote_250_sends_nothing_twice() {
         1,
         "the message went to the remote server once"
     );
-    // Space again: the outcome is written, the message is done, still one copy.
+    // Space again: the outcome is written, still one copy.
     fs::remove_file(filler).unwrap();
     server.wait_for_log(&format!("{id}: delivery state recorded after all"));
-    wait_until("the queue to empty", || server.queue_files("").is_empty());
+    let envelope = server.queued_envelope(&id);
+    assert!(
+        envelope.contains("Rcpt: <bob@far.test>\nStatus: delivered\n"),
+        "{envelope}"
+    );
+    assert!(
+        envelope.contains("Rcpt: <carol@far.test>\nStatus: pending\n"),
+        "{envelope}"
+    );
     assert_eq!(sink.messages().len(), 1);
     assert_eq!(gate.arrived(), 1);
     server.kill();
+}
+
+/// A message done with on its first attempt is removed, not recorded: a full disk then
+/// costs nothing and sends nothing twice.
+#[test]
+fn a_full_disk_after_the_last_remote_250_removes_the_message_once() {
+    let dir = Arc::new(TempDir::new("fulllast"));
+    let spool = dir.0.join("spool");
+    let Some(_tmpfs) = Tmpfs::mount(&spool, "1m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs (not root?)");
+        return;
+    };
+    let dns = DnsServer::start();
+    let sink = mx_sink(&dns, "far.test");
+    let gate = Gate::new();
+    sink.set(|b| b.final_gate = Some(Arc::clone(&gate)));
+    let (dns_addr, port) = (dns.addr.to_string(), sink.addr.port().to_string());
+    let server = Server::start_in(
+        &dir.0,
+        &flags(DELIVER, &["--dns-server", &dns_addr, "--smtp-port", &port]),
+        None,
+    );
+    let id = queue_message(
+        &server,
+        "ann@client.test",
+        &["bob@far.test"],
+        b"Subject: once\r\n\r\nonly once\r\n",
+    );
+    wait_until("the message at the remote server", || gate.arrived() == 1);
+    let _filler = fill(&spool);
+    gate.open();
+    server.wait_for_log(&format!("{id}: removed"));
+    assert!(server.queue_files("").is_empty());
+    assert!(server
+        .log_lines_with(&[&id, "cannot record delivery state"])
+        .is_empty());
+    assert_eq!(sink.messages().len(), 1);
+    assert_eq!(gate.arrived(), 1);
 }
 
 #[test]

@@ -38,10 +38,10 @@ fn smtplib_starttls_sends_and_received_says_esmtps_with_the_cipher() {
         String::from_utf8_lossy(&out.stderr)
     );
     wait_until("the message in the queue", || {
-        server.queue_files(".env").len() == 1
+        server.queue_files(".msg").len() == 1
     });
-    let id = server.queue_files(".env")[0]
-        .trim_end_matches(".env")
+    let id = server.queue_files(".msg")[0]
+        .trim_end_matches(".msg")
         .to_string();
     assert!(server.queued_envelope(&id).contains("Protocol: ESMTPS\n"));
     let message = String::from_utf8(server.queued_message(&id)).unwrap();
@@ -85,7 +85,7 @@ fn commands_pipelined_behind_starttls_are_never_executed() {
     assert!(command(&mut tls, "DATA").starts_with("354"));
     let queued = command(&mut tls, "Subject: x\r\n\r\nover TLS\r\n.");
     queue_id(&queued);
-    assert_eq!(server.queue_files(".env").len(), 1);
+    assert_eq!(server.queue_files(".msg").len(), 1);
 }
 
 /// Runs `openssl s_client` against `addr` (with `-starttls smtp` if asked) and says whether a

@@ -10,10 +10,8 @@
 //! connection is handed back open after the last reply: the caller records the outcomes,
 //! then says QUIT.
 
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +21,7 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use super::outcome::{DsnStatus, Outcome};
 use crate::auth::{self, Credentials};
 use crate::smtp::address::{ForwardPath, ReversePath};
+use crate::spool::MessageFile;
 use crate::tls::TlsMode;
 
 /// A hostile server cannot make us hold more than this for one reply.
@@ -45,7 +44,7 @@ pub struct Timeouts {
 pub struct Message<'a> {
     pub from: &'a ReversePath,
     pub recipients: &'a [ForwardPath],
-    pub path: &'a Path,
+    pub file: &'a MessageFile,
     pub size: u64,
     pub eight_bit: bool,
     pub smtputf8: bool,
@@ -678,7 +677,7 @@ fn transaction(
         return Ok(());
     }
     let mut writer = BufWriter::with_capacity(64 * 1024, conn.reader.get_mut());
-    send_message(&mut writer, message.path)
+    send_message(&mut writer, message.file)
         .and_then(|()| writer.flush())
         .map_err(at(Stage::Data))?;
     drop(writer);
@@ -695,8 +694,8 @@ fn transaction(
 
 /// Copies the message with dot-stuffing, then the terminator. The queued message ends with
 /// CRLF and has CRLF line ends only, so what leaves is what was queued.
-fn send_message(out: &mut impl Write, path: &Path) -> io::Result<()> {
-    let mut file = File::open(path)?;
+fn send_message(out: &mut impl Write, message: &MessageFile) -> io::Result<()> {
+    let mut file = message.open()?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut line_start = true;
     let mut last_two = [b'\r', b'\n'];
@@ -784,11 +783,11 @@ mod tests {
         let path = dir.join("m");
         std::fs::write(&path, b".one\r\ntwo.\r\n..three\r\n\xff8bit\r\n").unwrap();
         let mut out = Vec::new();
-        send_message(&mut out, &path).unwrap();
+        send_message(&mut out, &MessageFile::whole(&path)).unwrap();
         assert_eq!(out, b"..one\r\ntwo.\r\n...three\r\n\xff8bit\r\n.\r\n");
         std::fs::write(&path, b"no final line end").unwrap();
         let mut out = Vec::new();
-        send_message(&mut out, &path).unwrap();
+        send_message(&mut out, &MessageFile::whole(&path)).unwrap();
         assert_eq!(out, b"no final line end\r\n.\r\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }

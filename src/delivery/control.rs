@@ -329,8 +329,6 @@ mod tests {
             std::env::temp_dir().join(format!("postilion-control-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let spool = Arc::new(Spool::open(&dir, None).unwrap());
-        let mut incoming = spool.incoming().unwrap();
-        incoming.write(b"x\r\n");
         let mut env = Envelope {
             reverse_path: ReversePath::Null,
             recipients: vec![Recipient::pending(ForwardPath::Postmaster)],
@@ -345,6 +343,8 @@ mod tests {
             auth: None,
             held: false,
         };
+        let mut incoming = spool.incoming(&env).unwrap();
+        incoming.write(b"x\r\n");
         let id = incoming.commit(&mut env).unwrap().id().to_string();
         (dir, spool, id)
     }
@@ -408,7 +408,7 @@ mod tests {
         spool.update(&id, &spool.load(&id).unwrap()).unwrap();
         assert_eq!(control.worker_done(&id, Some(99)), None);
         assert!(!spool.is_queued(&id));
-        assert!(!spool.message_path(&id).exists());
+        assert!(spool.message(&id).is_err(), "the message file is gone too");
         assert_eq!(control.handle(&request, "test").code, 550);
         assert!(
             requeued.try_recv().is_err(),

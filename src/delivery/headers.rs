@@ -2,9 +2,9 @@
 //! DSNs), the number of `Received:` headers (hops, for loop detection) and the addresses in
 //! `Delivered-To:` headers (a message coming back to a Maildir it already reached).
 
-use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+
+use crate::spool::MessageFile;
 
 /// The most header bytes read (and put into a DSN); headers past it are not looked at.
 const MAX_HEADER_BYTES: u64 = 64 * 1024;
@@ -20,9 +20,9 @@ pub struct Headers {
 
 impl Headers {
     /// Reads the header section of a queued message; an unreadable file gives none.
-    pub fn read(path: &Path) -> Headers {
+    pub fn read(message: &MessageFile) -> Headers {
         let mut head = Vec::new();
-        if let Ok(file) = File::open(path) {
+        if let Ok(file) = message.open() {
             let _ = file.take(MAX_HEADER_BYTES).read_to_end(&mut head);
         }
         Headers::parse(head)

@@ -74,8 +74,7 @@ impl Context {
             .lock()
             .map_or(true, |recovered| recovered.contains(job.id));
         let look_in_cur = rcpt.attempts > 0 || recovered;
-        let message = self.spool.message_path(job.id);
-        match maildir::deliver(&maildir, &name, &headers, &message, look_in_cur) {
+        match maildir::deliver(&maildir, &name, &headers, &job.message, look_in_cur) {
             Ok(Written::New(_)) => {
                 Outcome::delivered(format!("250 2.0.0 delivered to maildir of {user}"))
             }

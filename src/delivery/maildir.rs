@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
+use crate::spool::MessageFile;
+
 /// Where the message is now.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Written {
@@ -143,7 +145,7 @@ pub fn deliver(
     maildir: &Path,
     name: &str,
     headers: &str,
-    message: &Path,
+    message: &MessageFile,
     look_in_cur: bool,
 ) -> Result<Written, MaildirError> {
     let dirs = open(maildir)?;
@@ -193,7 +195,7 @@ fn find_in_cur(cur: impl AsFd, name: &str) -> Result<Option<PathBuf>, Errno> {
 }
 
 /// Writes the message as `name` in `tmp` (a new file, 0600) and syncs it.
-fn write(tmp: impl AsFd, name: &str, headers: &str, message: &Path) -> io::Result<()> {
+fn write(tmp: impl AsFd, name: &str, headers: &str, message: &MessageFile) -> io::Result<()> {
     // A leftover of an attempt cut short has the same name: start it over, as a new file (a
     // link planted under that name is removed, never followed).
     match rustix::fs::unlinkat(&tmp, name, AtFlags::empty()) {
@@ -209,7 +211,7 @@ fn write(tmp: impl AsFd, name: &str, headers: &str, message: &Path) -> io::Resul
     )?);
     let mut out = BufWriter::with_capacity(64 * 1024, file);
     out.write_all(headers.replace("\r\n", "\n").as_bytes())?;
-    let mut input = File::open(message)?;
+    let mut input = message.open()?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut pending_cr = false;
     loop {
@@ -250,9 +252,14 @@ mod tests {
         let msg = dir.join("msg");
         fs::write(&msg, b"Subject: x\r\n\r\nline\r\nbare\rcr\r\n").unwrap();
         let headers = "Return-Path: <a@b>\r\nDelivered-To: alice@x\r\n";
-        let Written::New(path) =
-            deliver(&dir.join("alice"), "1.M1P1Q1.mx", headers, &msg, false).unwrap()
-        else {
+        let Written::New(path) = deliver(
+            &dir.join("alice"),
+            "1.M1P1Q1.mx",
+            headers,
+            &MessageFile::whole(&msg),
+            false,
+        )
+        .unwrap() else {
             panic!("not written")
         };
         assert_eq!(path, dir.join("alice/new/1.M1P1Q1.mx"));
@@ -273,9 +280,9 @@ mod tests {
         let msg = dir.join("msg");
         fs::write(&msg, b"Subject: x\r\n\r\nbody\r\n").unwrap();
         let alice = dir.join("alice");
-        let first = deliver(&alice, "7.M1P1Q1.mx", "", &msg, false).unwrap();
+        let first = deliver(&alice, "7.M1P1Q1.mx", "", &MessageFile::whole(&msg), false).unwrap();
         assert!(matches!(first, Written::New(_)));
-        let again = deliver(&alice, "7.M1P1Q1.mx", "", &msg, false).unwrap();
+        let again = deliver(&alice, "7.M1P1Q1.mx", "", &MessageFile::whole(&msg), false).unwrap();
         assert_eq!(again, Written::AlreadyThere(alice.join("new/7.M1P1Q1.mx")));
         // A reader moved it to cur/ and marked it seen.
         fs::rename(
@@ -283,7 +290,7 @@ mod tests {
             alice.join("cur/7.M1P1Q1.mx:2,S"),
         )
         .unwrap();
-        let again = deliver(&alice, "7.M1P1Q1.mx", "", &msg, true).unwrap();
+        let again = deliver(&alice, "7.M1P1Q1.mx", "", &MessageFile::whole(&msg), true).unwrap();
         assert_eq!(
             again,
             Written::AlreadyThere(alice.join("cur/7.M1P1Q1.mx:2,S"))
@@ -295,7 +302,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            deliver(&alice, "7.M1P1Q1.mx", "", &msg, true).unwrap(),
+            deliver(&alice, "7.M1P1Q1.mx", "", &MessageFile::whole(&msg), true).unwrap(),
             Written::New(_)
         ));
         fs::remove_dir_all(&dir).unwrap();
@@ -314,8 +321,14 @@ mod tests {
         let dir = temp("maildir-modes");
         let msg = dir.join("msg");
         fs::write(&msg, b"Subject: x\r\n\r\nbody\r\n").unwrap();
-        let Written::New(path) = deliver(&dir.join("bob"), "1.M1P1Q1.mx", "", &msg, false).unwrap()
-        else {
+        let Written::New(path) = deliver(
+            &dir.join("bob"),
+            "1.M1P1Q1.mx",
+            "",
+            &MessageFile::whole(&msg),
+            false,
+        )
+        .unwrap() else {
             panic!("not written")
         };
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -355,7 +368,14 @@ mod tests {
             ("new-user", "new-user/new".into()),
             ("cur-user", "cur-user/cur".into()),
         ] {
-            let err = deliver(&mail.join(user), "2.M1P1Q1.mx", "", &msg, true).unwrap_err();
+            let err = deliver(
+                &mail.join(user),
+                "2.M1P1Q1.mx",
+                "",
+                &MessageFile::whole(&msg),
+                true,
+            )
+            .unwrap_err();
             assert!(
                 matches!(&err, MaildirError::Symlink(p) if *p == mail.join(&link)),
                 "{user}: {err}"
@@ -372,7 +392,14 @@ mod tests {
         // Something else where a directory should be.
         fs::create_dir_all(mail.join("frank")).unwrap();
         fs::write(mail.join("frank/new"), b"in the way").unwrap();
-        let err = deliver(&mail.join("frank"), "3.M1P1Q1.mx", "", &msg, false).unwrap_err();
+        let err = deliver(
+            &mail.join("frank"),
+            "3.M1P1Q1.mx",
+            "",
+            &MessageFile::whole(&msg),
+            false,
+        )
+        .unwrap_err();
         assert!(matches!(err, MaildirError::NotDirectory(_)), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -388,7 +415,7 @@ mod tests {
         let alice = dir.join("alice");
         fs::create_dir_all(alice.join("tmp")).unwrap();
         symlink(&victim, alice.join("tmp/4.M1P1Q1.mx")).unwrap();
-        let written = deliver(&alice, "4.M1P1Q1.mx", "", &msg, false).unwrap();
+        let written = deliver(&alice, "4.M1P1Q1.mx", "", &MessageFile::whole(&msg), false).unwrap();
         assert_eq!(written, Written::New(alice.join("new/4.M1P1Q1.mx")));
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
         assert!(fs::symlink_metadata(alice.join("new/4.M1P1Q1.mx"))

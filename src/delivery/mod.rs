@@ -35,7 +35,7 @@ use crate::directory::Directory;
 use crate::envelope::{Envelope, Recipient, Status};
 use crate::queue::socket::ControlSocket;
 use crate::smtp::address::ForwardPath;
-use crate::spool::Spool;
+use crate::spool::{MessageFile, Spool};
 use crate::tls::ClientTls;
 use control::Control;
 use headers::Headers;
@@ -78,6 +78,10 @@ struct Job<'a> {
     id: &'a str,
     env: Envelope,
     now: u64,
+    /// Where the message's bytes are.
+    message: MessageFile,
+    /// Every recipient was done at a save, and the message's files are gone.
+    removed: bool,
 }
 
 /// The running delivery side: where sessions announce new mail, and how it stops.
@@ -405,22 +409,41 @@ impl Worker {
     }
 }
 
+impl<'a> Job<'a> {
+    fn new(id: &'a str, env: Envelope, now: u64, message: MessageFile) -> Job<'a> {
+        Job {
+            id,
+            env,
+            now,
+            message,
+            removed: false,
+        }
+    }
+}
+
 impl Context {
     /// Works on one message; returns when it wants another go, if ever.
     fn work(&self, id: &str, worker: &mut Worker) -> Option<u64> {
         let now = datetime::now();
+        let message = match self.spool.message(id) {
+            Ok(message) => message,
+            Err(e) => {
+                log::error!("{id}: cannot open its message file: {e}");
+                return None;
+            }
+        };
         let unsaved = self.unsaved.lock().ok().and_then(|mut u| u.remove(id));
         let mut job = match unsaved {
             Some(env) => {
-                let job = Job { id, env, now };
-                if !self.save(&job) {
+                let mut job = Job::new(id, env, now, message);
+                if !self.save(&mut job) {
                     return self.keep(job);
                 }
                 log::info!("{id}: delivery state recorded after all");
                 job
             }
             None => match self.spool.load(id) {
-                Ok(env) => Job { id, env, now },
+                Ok(env) => Job::new(id, env, now, message),
                 Err(e) => {
                     log::error!("{id}: cannot load: {e}");
                     return None;
@@ -433,7 +456,7 @@ impl Context {
             log::info!("{id}: on hold, not delivered until released");
             return None;
         }
-        let headers = Headers::read(&self.spool.message_path(id));
+        let headers = Headers::read(&job.message);
         if headers.hops > MAX_HOPS {
             let why = format!(
                 "554 5.4.6 too many hops: {} Received: headers, the limit is {MAX_HOPS} (mail loop?)",
@@ -445,7 +468,7 @@ impl Context {
                     self.record(&mut job, i, loop_detected, "none", &mut worker.random);
                 }
             }
-            if !self.save(&job) {
+            if !self.save(&mut job) {
                 return self.keep(job);
             }
         }
@@ -458,7 +481,7 @@ impl Context {
             if is_due(rcpt, now) && self.is_local(&rcpt.path) {
                 let outcome = self.deliver_local(&mut job, i, &table, &headers);
                 self.record(&mut job, i, outcome, "local", &mut worker.random);
-                if !self.save(&job) {
+                if !self.save(&mut job) {
                     return self.keep(job);
                 }
             }
@@ -486,7 +509,7 @@ impl Context {
             for (&i, outcome) in indexes.iter().zip(attempt.outcomes) {
                 self.record(&mut job, i, outcome, &attempt.relay, &mut worker.random);
             }
-            let saved = self.save(&job);
+            let saved = self.save(&mut job);
             if let Some(connection) = attempt.connection {
                 connection.quit();
             }
@@ -495,6 +518,9 @@ impl Context {
             }
         }
 
+        if job.removed {
+            return None;
+        }
         if !self.report_failures(&mut job) || !self.warn_delay(&mut job) {
             return self.keep(job);
         }
@@ -521,8 +547,20 @@ impl Context {
         }
     }
 
-    /// Writes the envelope after an attempt; false (logged) if the spool refused.
-    fn save(&self, job: &Job) -> bool {
+    /// Writes the envelope after an attempt; false (logged) if the spool refused. When every
+    /// recipient is done the message is removed instead: its removal is the record, and an
+    /// envelope written only to be deleted would cost a file, a rename and two fsyncs.
+    fn save(&self, job: &mut Job) -> bool {
+        if job.env.recipients.iter().all(Recipient::is_done) {
+            match self.spool.remove(job.id) {
+                Ok(()) => {
+                    log::info!("{}: removed", job.id);
+                    job.removed = true;
+                    return true;
+                }
+                Err(e) => log::error!("{}: cannot remove, recording instead: {e}", job.id),
+            }
+        }
         match self.spool.update(job.id, &job.env) {
             Ok(()) => true,
             Err(e) => {

@@ -89,7 +89,7 @@ impl Context {
             ForwardPath::Postmaster => format!("postmaster@{}", self.config.hostname),
             ForwardPath::Mailbox(m) => m.to_string(),
         };
-        let original = Headers::read(&self.spool.message_path(job.id));
+        let original = Headers::read(&job.message);
         let dsn = bounce::build(&bounce::Report {
             kind,
             hostname: &self.config.hostname,
@@ -151,7 +151,7 @@ impl Context {
             held: false,
             auth: None,
         };
-        let mut incoming = self.spool.incoming()?;
+        let mut incoming = self.spool.incoming(&envelope)?;
         incoming.write(message);
         let id = incoming.commit(&mut envelope)?.id().to_string();
         let _ = self.queued.send(id.clone());

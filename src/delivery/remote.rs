@@ -63,11 +63,10 @@ impl Context {
             .iter()
             .map(|&i| job.env.recipients[i].path.clone())
             .collect();
-        let path = self.spool.message_path(job.id);
         let message = client::Message {
             from: &job.env.reverse_path,
             recipients: &recipients,
-            path: &path,
+            file: &job.message,
             size: job.env.size,
             eight_bit: job.env.eight_bit,
             smtputf8: job.env.smtputf8,

@@ -190,7 +190,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("postilion-edit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let spool = Spool::open(&dir, None).unwrap();
-        let mut incoming = spool.incoming().unwrap();
+        let mut incoming = spool.incoming(&envelope()).unwrap();
         incoming.write(b"x\r\n");
         let id = incoming.commit(&mut envelope()).unwrap().id().to_string();
         assert!(apply(&spool, Verb::Hold, &id, None).unwrap().changed);

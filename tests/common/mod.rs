@@ -237,19 +237,41 @@ impl Server {
         list(&self.spool.join("tmp"), "")
     }
 
-    /// The queued message file for an id.
+    /// The queued message of an id: `ID.msg` past the envelope it carries.
     pub fn queued_message(&self, id: &str) -> Vec<u8> {
-        fs::read(self.spool.join("queue").join(format!("{id}.msg"))).unwrap()
+        let file = fs::read(self.spool.join("queue").join(format!("{id}.msg"))).unwrap();
+        split_queue_file(&file).1.to_vec()
     }
 
+    /// The envelope of an id: `ID.env` once there is one, else the one `ID.msg` carries.
     pub fn queued_envelope(&self, id: &str) -> String {
-        fs::read_to_string(self.spool.join("queue").join(format!("{id}.env"))).unwrap()
+        let queue = self.spool.join("queue");
+        match fs::read_to_string(queue.join(format!("{id}.env"))) {
+            Ok(text) => text,
+            Err(_) => {
+                let file = fs::read(queue.join(format!("{id}.msg"))).unwrap();
+                String::from_utf8(split_queue_file(&file).0.to_vec()).unwrap()
+            }
+        }
     }
 
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An `ID.msg` as (the envelope it carries, the message): the envelope runs from the
+/// `Version:` line to the first empty line.
+pub fn split_queue_file(file: &[u8]) -> (&[u8], &[u8]) {
+    if !file.starts_with(b"Version: ") {
+        return (&[], file);
+    }
+    let end = file
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .expect("the carried envelope ends with an empty line");
+    (&file[..end + 1], &file[end + 2..])
 }
 
 impl Drop for Server {
