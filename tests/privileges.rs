@@ -49,7 +49,11 @@ fn started_as_root_it_runs_as_the_user_and_still_receives_and_delivers() {
     // No --allow-root: the harness adds it only to a server given no --user.
     let server = Server::start_in(
         &dir.0,
-        &flags(DELIVER, &["--user", &user.name]),
+        // A short DNS time-out: the remote message's first attempt fails within seconds.
+        &flags(
+            DELIVER,
+            &["--user", &user.name, "--smtp-command-timeout", "1s"],
+        ),
         Some(Arc::clone(&dir)),
     );
     server.wait_for_log(&format!(
@@ -91,6 +95,9 @@ fn started_as_root_it_runs_as_the_user_and_still_receives_and_delivers() {
 
     // The spool is the user's alone; a queued message too (remote mail waits: no DNS here).
     let waiting = queue_test_message(&server, "ann@client.test", &["bob@remote.test"], b"x\r\n");
+    // Its envelope is written at its first change of state: the deferral (no DNS answers).
+    let env = server.spool.join(format!("queue/{waiting}.env"));
+    wait_until("the deferral to be recorded", || env.exists());
     for sub in ["tmp", "queue", "corrupt"] {
         let made = server.spool.join(sub);
         assert_eq!(owner_and_mode(&made), (user.uid, user.gid, 0o700), "{sub}/");
