@@ -130,18 +130,7 @@ fn main() {
 
     memory(&work);
 
-    let mut servers = vec![Target {
-        name: "postilion",
-        addr: postilion.addr,
-        pid: Some(postilion.child.id()),
-    }];
-    if let Some(postfix) = &postfix {
-        servers.push(Target {
-            name: "postfix",
-            addr: postfix.addr,
-            pid: postfix.pid,
-        });
-    }
+    let servers = targets(&postilion, postfix.as_ref());
     println!();
     println!(
         "\"conn\" rows: a new connection per message (connect, EHLO, message, QUIT), as most \
@@ -181,25 +170,15 @@ fn main() {
                 )
             })
             .collect();
-        let mut line = format!("{:>8}  median:", spec.label());
-        for (i, (server, (rate, cpu))) in servers.iter().zip(&medians).enumerate() {
-            let sep = if i == 0 { "" } else { "," };
-            line += &format!("{sep} {} {rate:.0} msg/s", server.name);
-            if let Some(cpu) = cpu {
-                line += &format!(" ({cpu:.2} CPU s/1k)");
-            }
-        }
-        if let [(ours, _), (theirs, _)] = medians[..] {
-            line += &format!(", ratio {:.2}x", ours / theirs);
-        }
-        println!("{line}\n");
+        let label = format!("{:>8} ", spec.label());
+        println!("{}\n", median_line(&label, &servers, &medians));
     }
     smtp_source(&servers);
     println!(
         "peak RSS: {:.2} MiB",
         mib(rss(postilion.child.id(), "VmHWM"))
     );
-    println!("(every message fsync'd before its 250: file, envelope and queue directory)");
+    println!("(every message fsync'd before its 250: Postilion its one queue file and the queue directory, the latter shared by the sessions committing at once)");
     drop(postilion);
     drop(postfix);
     if wanted("relay") {
@@ -328,6 +307,23 @@ fn wait_until_asleep(pid: u32) {
     }
 }
 
+/// Postilion, and Postfix where it runs, as load targets.
+fn targets(postilion: &Postilion, postfix: Option<&Postfix>) -> Vec<Target> {
+    let mut servers = vec![Target {
+        name: "postilion",
+        addr: postilion.addr,
+        pid: Some(postilion.child.id()),
+    }];
+    if let Some(postfix) = postfix {
+        servers.push(Target {
+            name: "postfix",
+            addr: postfix.addr,
+            pid: postfix.pid,
+        });
+    }
+    servers
+}
+
 /// A server under load: where it listens, and the process whose CPU time is counted.
 struct Target {
     name: &'static str,
@@ -428,53 +424,40 @@ fn delivery(work: &Path, message: &[u8]) {
     );
     let relayhost = format!("relayhost = [127.0.0.1]:{}\n", sink.addr.port());
     let postfix = Postfix::start(&work.join("postfix-relay"), &relayhost);
-    let mut servers = vec![Target {
-        name: "postilion",
-        addr: postilion.addr,
-        pid: Some(postilion.child.id()),
-    }];
-    if let Some(postfix) = &postfix {
-        servers.push(Target {
-            name: "postfix",
-            addr: postfix.addr,
-            pid: postfix.pid,
-        });
-    }
+    let servers = targets(&postilion, postfix.as_ref());
     for shape in [Shape::PerConnection, Shape::Pipelined] {
         let label = match shape {
             Shape::PerConnection => "relay, a connection per message",
             _ => "relay, 20 pipelined connections",
         };
-        let mut rates: Vec<Vec<f64>> = servers.iter().map(|_| Vec::new()).collect();
+        let mut runs: Vec<(Vec<f64>, Vec<f64>)> =
+            servers.iter().map(|_| Default::default()).collect();
         for _ in 0..ROUNDS {
-            for (server, rates) in servers.iter().zip(&mut rates) {
+            for (server, (rates, cpus)) in servers.iter().zip(&mut runs) {
                 let before = server.pid.map(cpu_seconds);
                 let seconds = relay_run(server.addr, &sink, message, shape);
-                let cpu = match (server.pid, before) {
-                    (Some(pid), Some(before)) => format!(
-                        ", {:.2} CPU s/1k",
-                        (cpu_seconds(pid) - before) * 1000.0 / DELIVERY_MESSAGES as f64
-                    ),
-                    _ => String::new(),
-                };
                 let rate = DELIVERY_MESSAGES as f64 / seconds;
-                println!(
-                    "  {label}: {:<9} {seconds:.2} s, {rate:.0} msg/s{cpu}",
+                let mut line = format!(
+                    "  {label}: {:<9} {seconds:.2} s, {rate:.0} msg/s",
                     server.name
                 );
+                if let (Some(pid), Some(before)) = (server.pid, before) {
+                    let cpu = (cpu_seconds(pid) - before) * 1000.0 / DELIVERY_MESSAGES as f64;
+                    line += &format!(", {cpu:.2} CPU s/1k");
+                    cpus.push(cpu);
+                }
+                println!("{line}");
                 rates.push(rate);
             }
         }
-        let medians: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
-        let mut line = format!("  {label}: median:");
-        for (i, (server, rate)) in servers.iter().zip(&medians).enumerate() {
-            let sep = if i == 0 { "" } else { "," };
-            line += &format!("{sep} {} {rate:.0} msg/s", server.name);
-        }
-        if let [ours, theirs] = medians[..] {
-            line += &format!(", ratio {:.2}x", ours / theirs);
-        }
-        println!("{line}");
+        let medians: Vec<(f64, Option<f64>)> = runs
+            .iter_mut()
+            .map(|(rates, cpus)| (median(rates), (!cpus.is_empty()).then(|| median(cpus))))
+            .collect();
+        println!(
+            "{}",
+            median_line(&format!("  {label}:"), &servers, &medians)
+        );
     }
 }
 
@@ -519,17 +502,9 @@ fn smtp_source(servers: &[Target]) {
             rates.push(2000.0 / start.elapsed().as_secs_f64());
         }
     }
-    let medians: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
-    let mut line =
-        "smtp-source -s 20 -m 2000 -l 4096 (a connection per message): median:".to_string();
-    for (i, (server, rate)) in servers.iter().zip(&medians).enumerate() {
-        let sep = if i == 0 { "" } else { "," };
-        line += &format!("{sep} {} {rate:.0} msg/s", server.name);
-    }
-    if let [ours, theirs] = medians[..] {
-        line += &format!(", ratio {:.2}x", ours / theirs);
-    }
-    println!("{line}\n");
+    let medians: Vec<(f64, Option<f64>)> = rates.iter_mut().map(|r| (median(r), None)).collect();
+    let label = "smtp-source -s 20 -m 2000 -l 4096 (a connection per message):";
+    println!("{}\n", median_line(label, servers, &medians));
 }
 
 /// Accepts everything, keeps nothing, counts messages: the far end of the delivery run.
@@ -600,6 +575,23 @@ fn sink_session(stream: TcpStream, count: &AtomicUsize) {
             replies.extend_from_slice(b"250 2.0.0 ok\r\n");
         }
     }
+}
+
+/// `LABEL median: postilion R msg/s (C CPU s/1k), postfix ..., ratio X`: a load's summary from
+/// each server's median rate and CPU seconds per 1000 messages.
+fn median_line(label: &str, servers: &[Target], medians: &[(f64, Option<f64>)]) -> String {
+    let mut line = format!("{label} median:");
+    for (i, (server, (rate, cpu))) in servers.iter().zip(medians).enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        line += &format!("{sep} {} {rate:.0} msg/s", server.name);
+        if let Some(cpu) = cpu {
+            line += &format!(" ({cpu:.2} CPU s/1k)");
+        }
+    }
+    if let [(ours, _), (theirs, _)] = medians {
+        line += &format!(", ratio {:.2}x", ours / theirs);
+    }
+    line
 }
 
 fn median(values: &mut [f64]) -> f64 {
