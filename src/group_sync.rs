@@ -7,14 +7,11 @@
 //! *began* after them. A sync already running when a caller arrives may have missed its
 //! entry, so the caller waits for the next one.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
-
-/// How many recent outcomes are kept for waiters that wake late.
-const KEPT: usize = 256;
 
 #[derive(Debug)]
 pub struct GroupSync {
@@ -30,8 +27,31 @@ struct State {
     /// Syncs finished so far (they finish in order: one runs at a time).
     finished: u64,
     running: bool,
-    /// (sync number, its error) of recent syncs that failed.
-    failures: VecDeque<(u64, io::ErrorKind)>,
+    /// Callers waiting for each sync (by number), and the syncs that failed: a failure is
+    /// kept until every caller it covered has seen it.
+    waiting: BTreeMap<u64, usize>,
+    failures: BTreeMap<u64, io::ErrorKind>,
+}
+
+impl State {
+    /// The outcome of sync `n` for one of its callers, who is done with it.
+    fn outcome(&mut self, n: u64) -> io::Result<()> {
+        let left = self.waiting.get_mut(&n).map(|w| {
+            *w -= 1;
+            *w
+        });
+        let failed = match left {
+            Some(0) | None => {
+                self.waiting.remove(&n);
+                self.failures.remove(&n)
+            }
+            Some(_) => self.failures.get(&n).copied(),
+        };
+        match failed {
+            Some(kind) => Err(io::Error::new(kind, "directory sync failed")),
+            None => Ok(()),
+        }
+    }
 }
 
 impl GroupSync {
@@ -52,12 +72,10 @@ impl GroupSync {
         let mut state = self.lock();
         // The first sync to begin from now on covers this caller.
         let mine = state.begun + 1;
+        *state.waiting.entry(mine).or_default() += 1;
         loop {
             if state.finished >= mine {
-                return match state.failures.iter().find(|(n, _)| *n == mine) {
-                    Some((_, kind)) => Err(io::Error::new(*kind, "directory sync failed")),
-                    None => Ok(()),
-                };
+                return state.outcome(mine);
             }
             if !state.running && state.begun + 1 == mine {
                 state.running = true;
@@ -68,13 +86,10 @@ impl GroupSync {
                 state.running = false;
                 state.finished = mine;
                 if let Err(e) = &result {
-                    state.failures.push_back((mine, e.kind()));
-                    if state.failures.len() > KEPT {
-                        state.failures.pop_front();
-                    }
+                    state.failures.insert(mine, e.kind());
                 }
                 self.done.notify_all();
-                return result;
+                return state.outcome(mine);
             }
             state = match self.done.wait(state) {
                 Ok(state) => state,

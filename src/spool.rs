@@ -23,12 +23,13 @@
 //! file, nobody but the owner may list it, and the sticky bit keeps users off each other's
 //! files); `pickup.rs` takes what is dropped there in through `incoming_as`.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -278,20 +279,40 @@ impl Spool {
     /// lists what is queued (invariant 2).
     pub fn recover(&self) -> Result<Recovery, SpoolError> {
         let mut recovery = Recovery::default();
+        let names = list(&self.queue)?;
+        // After a power cut a name in tmp/ may still point to a file renamed or linked into
+        // queue/ (only queue/ was synced): removing it would free the queued file's inode.
+        let queued_inodes: HashSet<u64> = names
+            .iter()
+            .filter_map(|name| fs::symlink_metadata(self.queue.join(name)).ok())
+            .map(|meta| meta.ino())
+            .collect();
         for name in list(&self.tmp)? {
             let path = self.tmp.join(&name);
+            if fs::symlink_metadata(&path).is_ok_and(|meta| queued_inodes.contains(&meta.ino())) {
+                log::warn!("spool: tmp/{name} left in place: it is also a file in queue/");
+                continue;
+            }
             fs::remove_file(&path).map_err(io_error("remove", &path))?;
             log::info!("spool: removed crash debris tmp/{name}");
             recovery.debris_removed += 1;
         }
-        let names = list(&self.queue)?;
-        for name in &names {
+        let names: HashSet<String> = names.into_iter().collect();
+        let mut sorted: Vec<&String> = names.iter().collect();
+        sorted.sort();
+        for name in sorted {
             if let Some(id) = name.strip_suffix(".env") {
                 let msg = format!("{id}.msg");
                 match self.check_envelope(name) {
-                    Err(why) => self.quarantine(&[name, &msg], &why, &mut recovery)?,
+                    Err(Unreadable::Invalid(why)) => {
+                        self.quarantine(&[name, &msg], &why, &mut recovery)?
+                    }
+                    Err(Unreadable::Io(e)) => {
+                        log::error!("spool: queue/{name} cannot be read, left for later: {e}")
+                    }
                     Ok(()) if !names.contains(&msg) => {
-                        self.quarantine(&[name], "its .msg file is missing", &mut recovery)?
+                        let why = "its .msg file is gone (a removal cut short?)";
+                        self.quarantine(&[name], why, &mut recovery)?
                     }
                     Ok(()) => recovery.queued.push(id.to_string()),
                 }
@@ -299,13 +320,18 @@ impl Spool {
                 if names.contains(&format!("{id}.env")) {
                     continue;
                 }
-                match self.carried_envelope(id) {
+                match carried_envelope(&self.message_path(id)) {
                     Ok(Some(_)) => recovery.queued.push(id.to_string()),
                     Ok(None) => {
                         let why = "no envelope (a commit cut short before its 250)";
                         self.quarantine(&[name], why, &mut recovery)?;
                     }
-                    Err(why) => self.quarantine(&[name], &why, &mut recovery)?,
+                    Err(Unreadable::Invalid(why)) => {
+                        self.quarantine(&[name], &why, &mut recovery)?
+                    }
+                    Err(Unreadable::Io(e)) => {
+                        log::error!("spool: queue/{name} cannot be read, left for later: {e}")
+                    }
                 }
             } else {
                 self.quarantine(&[name], "not a queue file name", &mut recovery)?;
@@ -315,11 +341,11 @@ impl Spool {
         Ok(recovery)
     }
 
-    fn check_envelope(&self, name: &str) -> Result<(), String> {
-        let text = fs::read_to_string(self.queue.join(name)).map_err(|e| e.to_string())?;
+    fn check_envelope(&self, name: &str) -> Result<(), Unreadable> {
+        let text = fs::read_to_string(self.queue.join(name)).map_err(Unreadable::from)?;
         Envelope::parse(&text)
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| Unreadable::Invalid(e.to_string()))
     }
 
     /// Moves files from `queue/` to `corrupt/`, with a log line; never deletes them.
@@ -331,8 +357,9 @@ impl Spool {
     ) -> Result<(), SpoolError> {
         for name in names {
             let from = self.queue.join(name);
-            if !from.exists() {
-                continue;
+            match fs::symlink_metadata(&from) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                _ => {}
             }
             let to = self.corrupt.join(name);
             fs::rename(&from, &to).map_err(io_error("move to corrupt/", &from))?;
@@ -356,10 +383,6 @@ impl Spool {
         locate_message(&self.message_path(id))
     }
 
-    fn carried_envelope(&self, id: &str) -> Result<Option<Envelope>, String> {
-        carried_envelope(&self.message_path(id))
-    }
-
     /// Reads a queued envelope: `ID.env`, else the one `ID.msg` carries; its size is the
     /// message's. An unreadable one is moved to `corrupt/` with its message.
     pub fn load(&self, id: &str) -> Result<Envelope, SpoolError> {
@@ -368,13 +391,13 @@ impl Spool {
             Ok(text) => Envelope::parse(&text).map_err(|e| e.to_string()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let msg = self.message_path(id);
-                match self.carried_envelope(id) {
+                match carried_envelope(&msg) {
                     Ok(Some(envelope)) => Ok(envelope),
-                    Ok(None) => {
-                        return Err(io_error("read", &path)(e));
-                    }
-                    Err(_) if !msg.exists() => return Err(io_error("read", &msg)(e)),
-                    Err(why) => Err(why),
+                    Ok(None) => return Err(io_error("read", &path)(e)),
+                    // Only what cannot be parsed is moved aside; a read that failed (a
+                    // missing file, no descriptor left, an I/O error) is tried again later.
+                    Err(Unreadable::Io(e)) => return Err(io_error("read", &msg)(e)),
+                    Err(Unreadable::Invalid(why)) => Err(why),
                 }
             }
             Err(e) => return Err(io_error("read", &path)(e)),
@@ -406,16 +429,17 @@ impl Spool {
     /// Removes a finished message: envelope first, so it is never half-queued. Durable on
     /// return: the removal is the record that every recipient is done (invariant 6).
     pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
-        let env = self.queue.join(format!("{id}.env"));
-        match fs::remove_file(&env) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(io_error("remove", &env)(e));
-            }
-            _ => {}
-        }
+        // The message first, and durably: an ID.msg left alone would carry its envelope as it
+        // was at arrival, and be delivered again. An ID.env left alone is only moved aside.
         let msg = self.message_path(id);
         fs::remove_file(&msg).map_err(io_error("remove", &msg))?;
-        self.sync_queue()
+        self.sync_queue()?;
+        let env = self.queue.join(format!("{id}.env"));
+        match fs::remove_file(&env) {
+            Ok(()) => self.sync_queue(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("remove", &env)(e)),
+        }
     }
 
     /// Makes the latest changes to `queue/`'s entries durable, sharing the fsync with every
@@ -499,7 +523,7 @@ pub fn peek(root: &Path, id: &str) -> Result<Option<Envelope>, String> {
 /// Ids in a `queue/` with an envelope (in `ID.env`, or carried in `ID.msg`). An `ID.msg` of
 /// the older kind waiting for its `ID.env` (another program writing the two) is not listed.
 fn queued_ids_in(queue: &Path) -> Result<Vec<String>, SpoolError> {
-    let names = list(queue)?;
+    let names: HashSet<String> = list(queue)?.into_iter().collect();
     let mut ids: Vec<String> = names
         .iter()
         .filter_map(|name| {
@@ -538,15 +562,39 @@ fn locate_message(msg: &Path) -> io::Result<MessageFile> {
     })
 }
 
+/// Why a queue file could not be read: a failed read (tried again later) or content that
+/// is not what it should be (moved aside).
+enum Unreadable {
+    Io(io::Error),
+    Invalid(String),
+}
+
+impl fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unreadable::Io(e) => write!(f, "{e}"),
+            Unreadable::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<io::Error> for Unreadable {
+    fn from(e: io::Error) -> Unreadable {
+        match e.kind() {
+            io::ErrorKind::InvalidData => Unreadable::Invalid(e.to_string()),
+            _ => Unreadable::Io(e),
+        }
+    }
+}
+
 /// The envelope a message file carries: `None` for one of the older kind.
-fn carried_envelope(msg: &Path) -> Result<Option<Envelope>, String> {
-    let file = File::open(msg).map_err(|e| e.to_string())?;
-    match read_carried_envelope(&mut BufReader::new(file)) {
-        Ok(Some(text)) => Envelope::parse(&text)
+fn carried_envelope(msg: &Path) -> Result<Option<Envelope>, Unreadable> {
+    let file = File::open(msg)?;
+    match read_carried_envelope(&mut BufReader::new(file))? {
+        Some(text) => Envelope::parse(&text)
             .map(Some)
-            .map_err(|e| format!("its envelope: {e}")),
-        Ok(None) => Ok(None),
-        Err(e) => Err(e.to_string()),
+            .map_err(|e| Unreadable::Invalid(format!("its envelope: {e}"))),
+        None => Ok(None),
     }
 }
 
@@ -700,8 +748,10 @@ impl Incoming<'_> {
         let mut linked = false;
         let result = self.try_commit(&to, &mut linked);
         if result.is_err() && linked {
-            // Nothing unacknowledged may stay behind.
-            let _ = fs::remove_file(&to);
+            // Nothing unacknowledged may stay behind (the client sends it again).
+            if fs::remove_file(&to).is_ok() {
+                let _ = self.spool.sync_queue();
+            }
         }
         envelope.size = self.size;
         result
@@ -725,6 +775,10 @@ impl Incoming<'_> {
         }
         .map_err(io_error("link into queue/", to))?;
         *linked = true;
+        // Again: the link count the inode had at the first sync was 0 (an unnamed file) or
+        // counted the tmp/ name; without a journal nothing else writes the new one, and after
+        // a power cut the name in queue/ would point to a freed inode.
+        file.sync_all().map_err(io_error("sync", to))?;
         self.spool.sync_queue()?;
         Ok(Queued {
             id: self.id.clone(),
@@ -848,6 +902,43 @@ mod tests {
         assert_eq!(spool.queued_ids().unwrap(), vec![id.to_string()]);
         spool.remove(id).unwrap();
         assert!(list(&dir.join("queue")).unwrap().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn recovery_leaves_a_tmp_name_that_is_also_a_queued_file() {
+        // As a power cut can leave a rename or link: both names, one inode.
+        let dir = temp_dir("twonames");
+        let spool = Spool::open(&dir, None).unwrap();
+        let mut incoming = spool.incoming(&envelope()).unwrap();
+        incoming.write(b"kept\r\n");
+        let id = incoming.commit(&mut envelope()).unwrap().id().to_string();
+        let queued = dir.join(format!("queue/{id}.msg"));
+        fs::hard_link(&queued, dir.join(format!("tmp/{id}.msg"))).unwrap();
+        fs::write(dir.join("tmp/other"), b"debris").unwrap();
+        let recovery = spool.recover().unwrap();
+        assert_eq!(recovery.debris_removed, 1);
+        assert_eq!(list(&dir.join("tmp")).unwrap(), [format!("{id}.msg")]);
+        assert_eq!(recovery.queued, std::slice::from_ref(&id));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_removal_takes_the_message_and_its_envelope() {
+        let dir = temp_dir("remove");
+        let spool = Spool::open(&dir, None).unwrap();
+        let mut env = envelope();
+        let mut incoming = spool.incoming(&env).unwrap();
+        incoming.write(b"x\r\n");
+        let id = incoming.commit(&mut env).unwrap().id().to_string();
+        spool.update(&id, &env).unwrap();
+        spool.remove(&id).unwrap();
+        assert!(list(&dir.join("queue")).unwrap().is_empty());
+        // An envelope left alone (a removal cut short) is moved aside, never delivered.
+        fs::write(dir.join(format!("queue/{id}.env")), env.to_text()).unwrap();
+        let recovery = spool.recover().unwrap();
+        assert!(recovery.queued.is_empty());
+        assert_eq!(list(&dir.join("corrupt")).unwrap(), [format!("{id}.env")]);
         fs::remove_dir_all(&dir).unwrap();
     }
 

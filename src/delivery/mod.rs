@@ -337,7 +337,14 @@ fn scheduler(context: &Context, queued: Receiver<String>, stop: Receiver<()>, mu
             match context.spool.queued_ids() {
                 Ok(ids) => {
                     for id in ids {
-                        if !schedule.knows(&id) && !context.control.claims.is_held(&id) {
+                        // Still in maildrop/: pickup is taking it in and hands it over itself
+                        // once the maildrop file is gone (delivered before that, a crash
+                        // could make pickup take it in again).
+                        let picking_up = context.spool.maildrop().join(&id).exists();
+                        if !schedule.knows(&id)
+                            && !context.control.claims.is_held(&id)
+                            && !picking_up
+                        {
                             log::info!("{id}: found in queue/ by the periodic scan");
                             schedule.add(&id, now);
                             if let Ok(mut recovered) = context.recovered.lock() {
@@ -523,6 +530,10 @@ impl Context {
         }
         if !self.report_failures(&mut job) || !self.warn_delay(&mut job) {
             return self.keep(job);
+        }
+        if job.removed {
+            // The report's save found every recipient done and removed the message.
+            return None;
         }
         if job.env.recipients.iter().all(Recipient::is_done) {
             if let Err(e) = self.spool.remove(id) {
