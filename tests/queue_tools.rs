@@ -15,10 +15,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::delivery::{mx_sink, queue_test_message, sender_args, sender_with};
+use common::delivery::{
+    mx_sink, queue_test_message, sender_args, sender_with, wait_for_mail, wait_for_only_message,
+    DELIVER,
+};
 use common::dns::DnsServer;
 use common::sink::{Gate, Sink};
-use common::{maildir, wait_until, Server, TempDir, BIN, DEADLINE};
+use common::{base_args, flags, maildir, wait_until, Server, TempDir, BIN, DEADLINE};
 
 /// Retries an hour apart: only a flush (or a release) explains a delivery within a test.
 const SLOW_RETRIES: &[&str] = &["--retry-schedule", "1h", "--queue-scan-interval", "1s"];
@@ -504,4 +507,138 @@ fn only_root_and_the_mail_user_may_use_the_tools_and_the_socket() {
 
 fn rustix_free_euid() -> u32 {
     fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1)
+}
+
+#[test]
+fn offline_actions_by_root_leave_the_files_to_the_daemon_user_and_nothing_is_quarantined() {
+    if rustix_free_euid() != 0 {
+        eprintln!("SKIPPED: not root");
+        return;
+    }
+    let Some(user) = TestUser::create() else {
+        eprintln!("SKIPPED: cannot make a user here");
+        return;
+    };
+    let dir = Arc::new(TempDir::new("owner"));
+    base_args(&dir.0);
+    for mailbox in ["mail", "mail/alice"] {
+        std::os::unix::fs::chown(dir.0.join(mailbox), Some(user.uid), Some(user.gid)).unwrap();
+    }
+    let as_user = ["--user", user.name.as_str()];
+    // Delivery paused: both messages stay queued.
+    let mut server = Server::start_in(&dir.0, &as_user, Some(Arc::clone(&dir)));
+    let held = queue_test_message(
+        &server,
+        "ann@client.test",
+        &["alice@example.test"],
+        b"h\r\n",
+    );
+    let flushed = queue_test_message(
+        &server,
+        "ann@client.test",
+        &["alice@example.test"],
+        b"f\r\n",
+    );
+    stop(&mut server);
+
+    // Root, the daemon stopped: the tools write envelopes, as the spool's owner.
+    assert_eq!(
+        queue_ok(&server.spool, &["hold", &held]),
+        format!("{held}: put on hold\n")
+    );
+    let said = queue_ok(&server.spool, &["flush"]);
+    assert!(said.contains(&format!("{flushed}: flushed")), "{said}");
+    let mut files = Vec::new();
+    for sub in ["queue", "tmp"] {
+        for entry in fs::read_dir(server.spool.join(sub)).unwrap() {
+            files.push(entry.unwrap().path());
+        }
+    }
+    assert!(files.iter().any(|f| f.ends_with(format!("{held}.env"))));
+    assert!(files.iter().any(|f| f.ends_with(format!("{flushed}.env"))));
+    for file in &files {
+        let meta = fs::symlink_metadata(file).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid), "{file:?}");
+    }
+
+    // Started again as the user: it reads them all, nothing goes to corrupt/.
+    let delivering = flags(DELIVER, &as_user);
+    let server = Server::start_in(&dir.0, &delivering, Some(Arc::clone(&dir)));
+    wait_for_only_message(&server.mail.join("alice"));
+    server.wait_for_log(&format!("{held}: on hold, not delivered until released"));
+    let corrupt = |server: &Server| common::list(&server.spool.join("corrupt"), "");
+    assert!(corrupt(&server).is_empty(), "{:?}", corrupt(&server));
+
+    // Released by root while it runs: delivered.
+    assert_eq!(
+        queue_ok(&server.spool, &["release", &held]),
+        format!("{held}: released from hold\n")
+    );
+    wait_for_mail(&server.mail.join("alice"), 2);
+    wait_until("the queue to empty", || server.queue_files("").is_empty());
+    assert!(corrupt(&server).is_empty(), "{:?}", corrupt(&server));
+}
+
+#[test]
+fn list_shows_what_it_can_read_and_exits_74_for_the_rest_and_show_escapes_controls() {
+    let server = Server::start("list-bad", &[]);
+    let sneaky = common::queue_message(
+        &server,
+        "alice@example.test",
+        &["alice@example.test"],
+        b"Subject: \x1b]0;owned\x07\x1b[2J\r\n\r\nbody\r\n",
+    );
+    let bad = queue_test_message(
+        &server,
+        "alice@example.test",
+        &["alice@example.test"],
+        b"b\r\n",
+    );
+    fs::write(
+        server.spool.join(format!("queue/{bad}.env")),
+        "Version: 99\n",
+    )
+    .unwrap();
+
+    let out = queue(&server.spool, &["list"]);
+    assert_eq!(out.status.code(), Some(74), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("{sneaky} ")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!stdout(&out).contains(&bad), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains(&format!("postilion queue: {bad}: cannot read"))
+            && stderr(&out).contains("1 message(s) could not be read"),
+        "{}",
+        stderr(&out)
+    );
+
+    let shown = queue_ok(&server.spool, &["show", &sneaky]);
+    assert!(
+        shown.contains("Subject: ^[]0;owned^G^[[2J\r\n"),
+        "{shown:?}"
+    );
+    assert!(!shown.contains('\x1b') && !shown.contains('\x07'));
+}
+
+#[test]
+fn a_bad_configuration_exits_78() {
+    let dir = TempDir::new("badconf");
+    let missing = dir.0.join("missing.conf");
+    let bad = dir.0.join("bad.conf");
+    fs::write(&bad, "retry_schedule = soon\n").unwrap();
+    for config in [&missing, &bad] {
+        let out = Command::new(BIN)
+            .args(["queue", "list", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+        assert!(
+            stderr(&out).starts_with("postilion queue: "),
+            "{}",
+            stderr(&out)
+        );
+    }
 }
