@@ -226,17 +226,22 @@ fn delete_during_a_slow_remote_transaction_waits_for_it_and_nothing_comes_back()
     let id = queue_test_message(&server, "alice@example.test", &["s@slow.test"], b"slow\r\n");
     wait_until("the message at the sink's gate", || gate.arrived() == 1);
 
-    let said = queue_ok(&server.spool, &["delete", &id]);
-    assert_eq!(
-        said,
-        format!("{id}: being delivered now; deleted when this attempt ends\n")
-    );
+    // The tool waits for the attempt to end, and says what was done, not what will be.
+    let spool = server.spool.clone();
+    let doomed = id.clone();
+    let tool = std::thread::spawn(move || queue(&spool, &["delete", &doomed]));
+    server.wait_for_log(&format!(
+        "{id}: queue delete asked by the postmaster (uid 0"
+    ));
     assert_eq!(
         server.queue_files(""),
         [format!("{id}.msg")],
         "not under the worker's feet"
     );
     gate.open();
+    let out = tool.join().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{id}: deleted\n"));
     server.wait_for_log_with(&[&format!("{id}: to=<s@slow.test>"), "status=deferred"]);
     server.wait_for_log(&format!("{id}: deleted by the postmaster (queue delete"));
     // The worker wrote its outcome before the delete: no envelope came back after it.
@@ -256,6 +261,44 @@ fn delete_during_a_slow_remote_transaction_waits_for_it_and_nothing_comes_back()
     wait_until("the queue to empty", || server.queue_files("").is_empty());
 }
 
+#[test]
+fn an_action_on_a_message_still_being_delivered_is_not_promised_but_refused_with_75() {
+    let dns = DnsServer::start();
+    let sink = mx_sink(&dns, "slow.test");
+    // The remote end may keep its reply to the data for a minute.
+    let patient = flags(SLOW_RETRIES, &["--smtp-data-timeout", "60s"]);
+    let server = sender_with("hold-busy", &dns, sink.addr.port(), &patient);
+    let gate = Gate::new();
+    sink.set(|b| b.final_gate = Some(Arc::clone(&gate)));
+    let id = queue_test_message(&server, "alice@example.test", &["s@slow.test"], b"slow\r\n");
+    wait_until("the message at the sink's gate", || gate.arrived() == 1);
+
+    // The attempt outlasts the daemon's patience (10 s): nothing done, nothing promised.
+    let out = queue(&server.spool, &["hold", &id]);
+    assert_eq!(out.status.code(), Some(75), "{}", stdout(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "postilion queue: {id}: not done yet: the message is being delivered; repeat the \
+             command\n"
+        )
+    );
+    let dropped = server.wait_for_log_with(&[
+        &format!("{id}: queue hold asked by the postmaster"),
+        "dropped, not done",
+    ]);
+    assert!(dropped.contains("WARN"), "{dropped}");
+
+    // The attempt ends as it would have: accepted, and the message is gone, not held.
+    accept_everything(&sink);
+    gate.open();
+    server.wait_for_log_with(&[&format!("{id}: to=<s@slow.test>"), "status=sent"]);
+    wait_until("the queue to empty", || server.queue_files("").is_empty());
+    assert!(!server
+        .log_lines()
+        .iter()
+        .any(|l| l.contains(&format!("{id}: put on hold"))));
+}
 #[test]
 fn a_held_message_waits_even_when_flushed_and_goes_once_released() {
     let (_dns, sink, server) = deferring_setup("hold", "later.test");
