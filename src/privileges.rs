@@ -11,11 +11,12 @@
 //! directories that root makes at start handed to the user, and the start-up check that the
 //! user can use them. Must not run once other threads exist: the kernel's set*id calls change
 //! the calling thread only (the C library's wrappers signal every thread; these do not), so
-//! `switch_to` counts the threads first and refuses if there is more than one.
+//! `switch_to` counts the threads first and refuses if there is more than one. The queue
+//! tools, run by root, take the spool owner's ids the same way (`become_owner_of`).
 
 use std::fs::{self, DirBuilder};
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::Path;
 
 use rustix::fs::{Access, Mode};
@@ -147,6 +148,35 @@ pub fn switch_to(user: &User) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// For a tool run by root on a spool another user owns (`owned_dir`, its `queue/`): switches
+/// to that owner's uid and its gid, as `switch_to` does, so that every file the tool writes
+/// there is the owner's and the daemon, running as that user, can read it. The group is the
+/// directory's, whatever `/etc/passwd` says. Nothing changes when not root or when the
+/// directory is root's (or missing: opening it will say so). `Some(user)` when it switched.
+pub fn become_owner_of(owned_dir: &Path) -> Result<Option<User>, String> {
+    if !geteuid().is_root() {
+        return Ok(None);
+    }
+    let owner = match fs::metadata(owned_dir) {
+        Ok(meta) if meta.uid() != 0 => Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+        },
+        _ => return Ok(None),
+    };
+    let name = match passwd::user_by_uid(owner.uid) {
+        Ok(Some(user)) => user.name,
+        _ => format!("uid {}", owner.uid),
+    };
+    let user = User {
+        name,
+        uid: owner.uid,
+        gid: owner.gid,
+    };
+    switch_to(&user)?;
+    Ok(Some(user))
 }
 
 /// The `Threads:` count of `/proc/self/status`.

@@ -15,10 +15,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::delivery::{mx_sink, queue_test_message, sender_args, sender_with};
+use common::delivery::{
+    mx_sink, queue_test_message, sender_args, sender_with, wait_for_mail, wait_for_only_message,
+    DELIVER,
+};
 use common::dns::DnsServer;
 use common::sink::{Gate, Sink};
-use common::{maildir, wait_until, Server, TempDir, BIN, DEADLINE};
+use common::{base_args, flags, maildir, wait_until, Server, TempDir, BIN, DEADLINE};
 
 /// Retries an hour apart: only a flush (or a release) explains a delivery within a test.
 const SLOW_RETRIES: &[&str] = &["--retry-schedule", "1h", "--queue-scan-interval", "1s"];
@@ -223,17 +226,22 @@ fn delete_during_a_slow_remote_transaction_waits_for_it_and_nothing_comes_back()
     let id = queue_test_message(&server, "alice@example.test", &["s@slow.test"], b"slow\r\n");
     wait_until("the message at the sink's gate", || gate.arrived() == 1);
 
-    let said = queue_ok(&server.spool, &["delete", &id]);
-    assert_eq!(
-        said,
-        format!("{id}: being delivered now; deleted when this attempt ends\n")
-    );
+    // The tool waits for the attempt to end, and says what was done, not what will be.
+    let spool = server.spool.clone();
+    let doomed = id.clone();
+    let tool = std::thread::spawn(move || queue(&spool, &["delete", &doomed]));
+    server.wait_for_log(&format!(
+        "{id}: queue delete asked by the postmaster (uid 0"
+    ));
     assert_eq!(
         server.queue_files(""),
         [format!("{id}.msg")],
         "not under the worker's feet"
     );
     gate.open();
+    let out = tool.join().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{id}: deleted\n"));
     server.wait_for_log_with(&[&format!("{id}: to=<s@slow.test>"), "status=deferred"]);
     server.wait_for_log(&format!("{id}: deleted by the postmaster (queue delete"));
     // The worker wrote its outcome before the delete: no envelope came back after it.
@@ -253,6 +261,44 @@ fn delete_during_a_slow_remote_transaction_waits_for_it_and_nothing_comes_back()
     wait_until("the queue to empty", || server.queue_files("").is_empty());
 }
 
+#[test]
+fn an_action_on_a_message_still_being_delivered_is_not_promised_but_refused_with_75() {
+    let dns = DnsServer::start();
+    let sink = mx_sink(&dns, "slow.test");
+    // The remote end may keep its reply to the data for a minute.
+    let patient = flags(SLOW_RETRIES, &["--smtp-data-timeout", "60s"]);
+    let server = sender_with("hold-busy", &dns, sink.addr.port(), &patient);
+    let gate = Gate::new();
+    sink.set(|b| b.final_gate = Some(Arc::clone(&gate)));
+    let id = queue_test_message(&server, "alice@example.test", &["s@slow.test"], b"slow\r\n");
+    wait_until("the message at the sink's gate", || gate.arrived() == 1);
+
+    // The attempt outlasts the daemon's patience (10 s): nothing done, nothing promised.
+    let out = queue(&server.spool, &["hold", &id]);
+    assert_eq!(out.status.code(), Some(75), "{}", stdout(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "postilion queue: {id}: not done yet: the message is being delivered; repeat the \
+             command\n"
+        )
+    );
+    let dropped = server.wait_for_log_with(&[
+        &format!("{id}: queue hold asked by the postmaster"),
+        "dropped, not done",
+    ]);
+    assert!(dropped.contains("WARN"), "{dropped}");
+
+    // The attempt ends as it would have: accepted, and the message is gone, not held.
+    accept_everything(&sink);
+    gate.open();
+    server.wait_for_log_with(&[&format!("{id}: to=<s@slow.test>"), "status=sent"]);
+    wait_until("the queue to empty", || server.queue_files("").is_empty());
+    assert!(!server
+        .log_lines()
+        .iter()
+        .any(|l| l.contains(&format!("{id}: put on hold"))));
+}
 #[test]
 fn a_held_message_waits_even_when_flushed_and_goes_once_released() {
     let (_dns, sink, server) = deferring_setup("hold", "later.test");
@@ -504,4 +550,138 @@ fn only_root_and_the_mail_user_may_use_the_tools_and_the_socket() {
 
 fn rustix_free_euid() -> u32 {
     fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1)
+}
+
+#[test]
+fn offline_actions_by_root_leave_the_files_to_the_daemon_user_and_nothing_is_quarantined() {
+    if rustix_free_euid() != 0 {
+        eprintln!("SKIPPED: not root");
+        return;
+    }
+    let Some(user) = TestUser::create() else {
+        eprintln!("SKIPPED: cannot make a user here");
+        return;
+    };
+    let dir = Arc::new(TempDir::new("owner"));
+    base_args(&dir.0);
+    for mailbox in ["mail", "mail/alice"] {
+        std::os::unix::fs::chown(dir.0.join(mailbox), Some(user.uid), Some(user.gid)).unwrap();
+    }
+    let as_user = ["--user", user.name.as_str()];
+    // Delivery paused: both messages stay queued.
+    let mut server = Server::start_in(&dir.0, &as_user, Some(Arc::clone(&dir)));
+    let held = queue_test_message(
+        &server,
+        "ann@client.test",
+        &["alice@example.test"],
+        b"h\r\n",
+    );
+    let flushed = queue_test_message(
+        &server,
+        "ann@client.test",
+        &["alice@example.test"],
+        b"f\r\n",
+    );
+    stop(&mut server);
+
+    // Root, the daemon stopped: the tools write envelopes, as the spool's owner.
+    assert_eq!(
+        queue_ok(&server.spool, &["hold", &held]),
+        format!("{held}: put on hold\n")
+    );
+    let said = queue_ok(&server.spool, &["flush"]);
+    assert!(said.contains(&format!("{flushed}: flushed")), "{said}");
+    let mut files = Vec::new();
+    for sub in ["queue", "tmp"] {
+        for entry in fs::read_dir(server.spool.join(sub)).unwrap() {
+            files.push(entry.unwrap().path());
+        }
+    }
+    assert!(files.iter().any(|f| f.ends_with(format!("{held}.env"))));
+    assert!(files.iter().any(|f| f.ends_with(format!("{flushed}.env"))));
+    for file in &files {
+        let meta = fs::symlink_metadata(file).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid), "{file:?}");
+    }
+
+    // Started again as the user: it reads them all, nothing goes to corrupt/.
+    let delivering = flags(DELIVER, &as_user);
+    let server = Server::start_in(&dir.0, &delivering, Some(Arc::clone(&dir)));
+    wait_for_only_message(&server.mail.join("alice"));
+    server.wait_for_log(&format!("{held}: on hold, not delivered until released"));
+    let corrupt = |server: &Server| common::list(&server.spool.join("corrupt"), "");
+    assert!(corrupt(&server).is_empty(), "{:?}", corrupt(&server));
+
+    // Released by root while it runs: delivered.
+    assert_eq!(
+        queue_ok(&server.spool, &["release", &held]),
+        format!("{held}: released from hold\n")
+    );
+    wait_for_mail(&server.mail.join("alice"), 2);
+    wait_until("the queue to empty", || server.queue_files("").is_empty());
+    assert!(corrupt(&server).is_empty(), "{:?}", corrupt(&server));
+}
+
+#[test]
+fn list_shows_what_it_can_read_and_exits_74_for_the_rest_and_show_escapes_controls() {
+    let server = Server::start("list-bad", &[]);
+    let sneaky = common::queue_message(
+        &server,
+        "alice@example.test",
+        &["alice@example.test"],
+        b"Subject: \x1b]0;owned\x07\x1b[2J\r\n\r\nbody\r\n",
+    );
+    let bad = queue_test_message(
+        &server,
+        "alice@example.test",
+        &["alice@example.test"],
+        b"b\r\n",
+    );
+    fs::write(
+        server.spool.join(format!("queue/{bad}.env")),
+        "Version: 99\n",
+    )
+    .unwrap();
+
+    let out = queue(&server.spool, &["list"]);
+    assert_eq!(out.status.code(), Some(74), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("{sneaky} ")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!stdout(&out).contains(&bad), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains(&format!("postilion queue: {bad}: cannot read"))
+            && stderr(&out).contains("1 message(s) could not be read"),
+        "{}",
+        stderr(&out)
+    );
+
+    let shown = queue_ok(&server.spool, &["show", &sneaky]);
+    assert!(
+        shown.contains("Subject: ^[]0;owned^G^[[2J\r\n"),
+        "{shown:?}"
+    );
+    assert!(!shown.contains('\x1b') && !shown.contains('\x07'));
+}
+
+#[test]
+fn a_bad_configuration_exits_78() {
+    let dir = TempDir::new("badconf");
+    let missing = dir.0.join("missing.conf");
+    let bad = dir.0.join("bad.conf");
+    fs::write(&bad, "retry_schedule = soon\n").unwrap();
+    for config in [&missing, &bad] {
+        let out = Command::new(BIN)
+            .args(["queue", "list", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+        assert!(
+            stderr(&out).starts_with("postilion queue: "),
+            "{}",
+            stderr(&out)
+        );
+    }
 }

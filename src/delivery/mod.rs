@@ -129,6 +129,8 @@ impl Delivery {
     /// writes outcomes still held in memory. Says how many deliveries were left running
     /// (their messages are simply delivered again after the next start).
     pub fn stop(mut self, deadline: Instant) -> usize {
+        // A queue action waiting for a worker is answered "not done" now, not at its time.
+        self.control.claims.stop();
         if let Some(socket) = self.control_socket.take() {
             socket.stop();
         }
@@ -405,7 +407,7 @@ impl Worker {
     }
 
     /// Works on one message it claims first; a message a queue action has is left to it
-    /// (the action hands it back to the scheduler when it should go on).
+    /// (the action hands it back to the scheduler unless it deleted or held it).
     fn work(&mut self, id: &str) -> Option<u64> {
         let context = Arc::clone(&self.context);
         if !context.control.claims.claim_for_worker(id) {

@@ -18,6 +18,8 @@ pub struct Effect {
     pub text: String,
     /// The envelope (or the files) changed.
     pub changed: bool,
+    /// The message is on hold after it (set by `apply`, which has the envelope).
+    pub held: bool,
 }
 
 impl Effect {
@@ -25,6 +27,7 @@ impl Effect {
         Effect {
             text: text.into(),
             changed: true,
+            held: false,
         }
     }
 
@@ -32,6 +35,7 @@ impl Effect {
         Effect {
             text: text.into(),
             changed: false,
+            held: false,
         }
     }
 }
@@ -111,7 +115,8 @@ pub fn apply(
         Some(env) => env,
         None => spool.load(id).map_err(io)?,
     };
-    let effect = edit(verb, &mut env);
+    let mut effect = edit(verb, &mut env);
+    effect.held = env.held;
     if effect.changed {
         spool.update(id, &env).map_err(io)?;
     }
@@ -193,8 +198,14 @@ mod tests {
         let mut incoming = spool.incoming(&envelope()).unwrap();
         incoming.write(b"x\r\n");
         let id = incoming.commit(&mut envelope()).unwrap().id().to_string();
-        assert!(apply(&spool, Verb::Hold, &id, None).unwrap().changed);
+        let held = apply(&spool, Verb::Hold, &id, None).unwrap();
+        assert!(held.changed && held.held);
         assert!(spool.load(&id).unwrap().held);
+        let still = apply(&spool, Verb::Flush, &id, None).unwrap();
+        assert!(
+            !still.changed && still.held,
+            "said so even when nothing changed"
+        );
         assert_eq!(
             apply(&spool, Verb::Delete, &id, None).unwrap().text,
             "deleted"

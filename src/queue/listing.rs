@@ -2,7 +2,8 @@
 //! text only, no files. The list is shaped like Postfix's `postqueue -p`: a header, then per
 //! message its id, size, arrival time and age, sender and `(held)`, and each recipient not yet
 //! done with its state, attempts, next attempt and last reply; `-- N Kbytes in M Requests.` at
-//! the end, or `Mail queue is empty`.
+//! the end, or `Mail queue is empty`. Whatever came from outside (headers, replies) is shown
+//! with its control characters made visible (`visible`): nothing printed drives the terminal.
 
 use std::fmt::Write as _;
 
@@ -72,9 +73,9 @@ pub fn list(messages: &[(String, Envelope)], maildrop: usize, now: u64) -> Strin
         "{:<width$} {:>8} {:<29} Sender/Recipient",
         "-Queue ID-", "--Size--", "----Arrival Time (age)----"
     );
-    let mut total = 0;
+    let mut total: u64 = 0;
     for (id, env) in messages {
-        total += env.size;
+        total = total.saturating_add(env.size);
         let arrival = format!(
             "{} ({})",
             datetime::iso8601(env.arrival),
@@ -109,7 +110,7 @@ pub fn list(messages: &[(String, Envelope)], maildrop: usize, now: u64) -> Strin
         total.div_ceil(1024),
         messages.len()
     );
-    out
+    visible(&out)
 }
 
 /// `queue show ID`: the envelope's fields in words, then the message's header (or the whole
@@ -148,6 +149,30 @@ pub fn show(id: &str, env: &Envelope, message: &str, now: u64) -> String {
     out.push_str(message);
     if !message.ends_with('\n') {
         out.push('\n');
+    }
+    visible(&out)
+}
+
+/// `text` with every control character but tab and the line ends (LF, and CR before LF)
+/// written out as `cat -v` does, so that an escape sequence in a header or a reply is shown,
+/// not obeyed: `^[` for ESC, `^?` for DEL, `^M` for a lone CR, `<U+009B>` for a C1 control.
+pub fn visible(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\t' | '\n' => out.push(c),
+            '\r' if chars.peek() == Some(&'\n') => out.push(c),
+            '\u{7f}' => out.push_str("^?"),
+            c if (c as u32) < 0x20 => {
+                out.push('^');
+                out.push(char::from(b'@' + c as u8));
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "<U+{:04X}>", c as u32);
+            }
+            c => out.push(c),
+        }
     }
     out
 }
@@ -247,6 +272,30 @@ mod tests {
         assert!(text.contains("last reply: 451 4.3.0 try later"));
         assert!(text.contains("Subject: hi\r\n"));
         assert!(!text.contains("secret body"));
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(
+            visible("Subject: \x1b[2Jhi\tthere\x07\r\nX: a\rb\x7f\u{9b}\n"),
+            "Subject: ^[[2Jhi\tthere^G\r\nX: a^Mb^?<U+009B>\n"
+        );
+        let message = "Subject: \x1b]0;pwned\x07\r\n\r\n";
+        let shown = show("1.M1", &envelope(), header(message), 1_000_060);
+        assert!(shown.contains("Subject: ^[]0;pwned^G\r\n"), "{shown}");
+        assert!(!shown.contains('\x1b'));
+        let mut env = envelope();
+        env.recipients[1].last_reply = Some("451 \x1b[31mred".into());
+        let listed = list(&[("1.M1".into(), env)], 0, 0);
+        assert!(listed.contains("(451 ^[[31mred)") && !listed.contains('\x1b'));
+    }
+
+    #[test]
+    fn a_huge_size_does_not_overflow_the_total() {
+        let mut env = envelope();
+        env.size = u64::MAX;
+        let text = list(&[("1.M1".into(), env.clone()), ("2.M2".into(), env)], 0, 0);
+        assert!(text.contains("Kbytes in 2 Requests."), "{text}");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! the same as `queue list`). Decides who may use them (root and the mail user) and where each
 //! goes: `list` and `show` read envelopes directly (replaced by rename, never half-written);
 //! the actions are asked of the running daemon over `spool/control`, or, when no daemon runs,
-//! done on the files under the spool lock. Prints, and maps outcomes to sysexits codes.
+//! done on the files under the spool lock. Run by root on a spool another user owns, a tool
+//! first becomes that user (so what it writes is the daemon's to read, and no link planted in
+//! the spool makes root read elsewhere). Prints, and maps outcomes to sysexits codes.
 
 pub mod edit;
 pub mod listing;
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::datetime;
+use crate::privileges;
 use crate::spool::{self, Spool, SpoolError};
 use request::{is_queue_id, Reply, Request, Verb};
 use socket::AskError;
@@ -30,6 +33,8 @@ const EX_IOERR: u8 = 74;
 const EX_TEMPFAIL: u8 = 75;
 /// Neither root nor the mail user.
 const EX_NOPERM: u8 = 77;
+/// The configuration (file or flags) is wrong.
+const EX_CONFIG: u8 = 78;
 
 /// How long an action waits for a daemon that holds the spool lock to open its socket.
 const STARTING_PATIENCE: Duration = Duration::from_secs(3);
@@ -43,12 +48,15 @@ pub fn run(args: &[String], load_config: &dyn Fn(&[String]) -> Result<Config, St
     let (words, flags, body) = split_args(args);
     let config = match load_config(&flags) {
         Ok(config) => config,
-        Err(e) => return fail(2, &e),
+        Err(e) => return fail(EX_CONFIG, &e),
     };
     if let Err(why) = may_use(&config) {
         return fail(EX_NOPERM, &why);
     }
     let spool = config.spool.as_path();
+    if let Err(why) = privileges::become_owner_of(&spool.join("queue")) {
+        return fail(EX_NOPERM, &why);
+    }
     match words.as_slice() {
         ["list"] => list(spool),
         ["show", id] => show(spool, id, body),
@@ -115,19 +123,29 @@ fn list(spool: &Path) -> ExitCode {
         Err(e) => return fail(EX_IOERR, &e.to_string()),
     };
     let mut messages = Vec::new();
+    let mut unreadable = 0;
     for id in ids {
         match spool::peek(spool, &id) {
             Ok(Some(env)) => messages.push((id, env)),
             // Delivered and removed while listing.
             Ok(None) => {}
-            Err(e) => eprintln!("postilion queue: {id}: cannot read: {e}"),
+            Err(e) => {
+                eprintln!("postilion queue: {id}: cannot read: {e}");
+                unreadable += 1;
+            }
         }
     }
     print!(
         "{}",
         listing::list(&messages, maildrop_count(spool), datetime::now())
     );
-    ExitCode::SUCCESS
+    match unreadable {
+        0 => ExitCode::SUCCESS,
+        n => fail(
+            EX_IOERR,
+            &format!("{n} message(s) could not be read and are not listed"),
+        ),
+    }
 }
 
 /// Regular files in `spool/maildrop/` not starting with `.`, when it exists.
