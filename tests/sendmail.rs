@@ -4,12 +4,13 @@
 //! runs is taken in promptly; `-t` with Bcc:; missing Date:/Message-ID:/From: added for
 //! sendmail and for SMTP clients in relay_networks only; `-f` used for root only; the maildrop
 //! cannot be listed; usage and spool errors are sysexits codes; hard links and files of
-//! unknown owners are quarantined.
+//! unknown owners are quarantined. sendmail refuses what the daemon would only quarantine.
 
 mod common;
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -21,6 +22,11 @@ use common::{list, queue_message, wait_until, Server, TempDir, BIN};
 
 /// Runs `postilion sendmail ARGS` as `user` (root when `None`) with `input` on stdin.
 fn sendmail(user: Option<&TestUser>, args: &[&str], input: &[u8]) -> Output {
+    sendmail_as(user.map(|u| (u.uid, u.gid)), args, input)
+}
+
+/// Runs `postilion sendmail ARGS` as `(uid, gid)` (root when `None`) with `input` on stdin.
+fn sendmail_as(ids: Option<(u32, u32)>, args: &[&str], input: &[u8]) -> Output {
     let mut command = Command::new(BIN);
     command
         .arg("sendmail")
@@ -29,8 +35,8 @@ fn sendmail(user: Option<&TestUser>, args: &[&str], input: &[u8]) -> Output {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(user) = user {
-        command.uid(user.uid).gid(user.gid);
+    if let Some((uid, gid)) = ids {
+        command.uid(uid).gid(gid);
     }
     let mut child = command.spawn().unwrap();
     // A sendmail that refuses its flags exits before reading: the pipe may be closed.
@@ -304,4 +310,82 @@ fn smtp_mail_from_relay_networks_gets_missing_headers_and_other_mail_does_not() 
     );
     let (_, rest) = common::split_received(&outside.queued_message(&id));
     assert_eq!(rest, message, "untouched");
+}
+
+/// A spool as the daemon makes it (root `0711`, `maildrop/` `1733`) with no daemon: what
+/// sendmail refuses must not be left there.
+fn bare_spool(dir: &Path) {
+    let maildrop = dir.join("spool/maildrop");
+    fs::create_dir_all(&maildrop).unwrap();
+    fs::set_permissions(dir.join("spool"), fs::Permissions::from_mode(0o711)).unwrap();
+    fs::set_permissions(&maildrop, fs::Permissions::from_mode(0o1733)).unwrap();
+}
+
+/// The exit code and the one line on standard error.
+fn refused(out: &Output) -> (Option<i32>, String) {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(err.lines().count(), 1, "one line: {out:?}");
+    (out.status.code(), err)
+}
+
+#[test]
+fn sendmail_refuses_what_the_daemon_would_only_quarantine() {
+    let Some((daemon, sender)) = users() else {
+        return;
+    };
+    let dir = TempDir::new("sendmail-checks");
+    bare_spool(&dir.0);
+    let conf = dir.0.join("postilion.conf");
+    fs::write(
+        &conf,
+        format!(
+            "spool = {}\nhostname = mx.test\nmax_recipients = 2\nmessage_size_limit = 1000\n\
+             user = {}\n",
+            dir.0.join("spool").display(),
+            daemon.name
+        ),
+    )
+    .unwrap();
+    let conf = conf.to_str().unwrap();
+    let send = |ids: Option<(u32, u32)>, args: &[&str], input: &[u8]| {
+        let mut all = vec!["-C", conf];
+        all.extend_from_slice(args);
+        sendmail_as(ids, &all, input)
+    };
+    let user = Some((sender.uid, sender.gid));
+
+    // -t and no valid recipient: the daemon used to get it, and quarantine it.
+    let (code, err) = refused(&send(user, &["-t"], b"To: <a b@c>\nSubject: s\n\nx\n"));
+    assert_eq!(code, Some(65), "{err}");
+    assert!(
+        err.contains("no valid recipient") && err.contains("a b@c"),
+        "{err}"
+    );
+    // One bad among good ones is not dropped in silence either.
+    let (code, err) = refused(&send(user, &["-t"], b"To: bob, <a b@c>\n\nx\n"));
+    assert_eq!(code, Some(65), "{err}");
+    assert!(err.contains("bad recipient 'a b@c'"), "{err}");
+    // More than max_recipients (2), as arguments or from the header.
+    let (code, err) = refused(&send(user, &["a", "b", "c"], b"x\n"));
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("max_recipients (2)"), "{err}");
+    let (code, _) = refused(&send(user, &["-t", "a"], b"To: b, c\n\nx\n"));
+    assert_eq!(code, Some(65));
+    // 600 bytes of bare LFs are 1200 with CRLF: over message_size_limit (1000).
+    let (code, err) = refused(&send(user, &["-i", "bob"], &[b'\n'; 600]));
+    assert_eq!(code, Some(65), "{err}");
+    assert!(err.contains("1200 bytes with CRLF line ends"), "{err}");
+    // A uid that /etc/passwd does not know, and the daemon's own user: EX_NOUSER.
+    let (code, err) = refused(&send(Some((3_999_998, 3_999_998)), &["bob"], b"x\n"));
+    assert_eq!(code, Some(67), "{err}");
+    assert!(err.contains("uid 3999998 is not in /etc/passwd"), "{err}");
+    let (code, err) = refused(&send(Some((daemon.uid, daemon.gid)), &["bob"], b"x\n"));
+    assert_eq!(code, Some(67), "{err}");
+    assert!(err.contains("the daemon's own user"), "{err}");
+
+    assert!(list(&dir.0.join("spool/maildrop"), "").is_empty());
+    // What passes the same checks is written.
+    let out = send(user, &["-t", "-i"], b"To: bob, carol\n\nx\n");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(list(&dir.0.join("spool/maildrop"), "").len(), 1);
 }
