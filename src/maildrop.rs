@@ -60,6 +60,7 @@ impl Submission {
     }
 
     /// Reads a maildrop file: the submission and the message after it.
+    #[cfg(test)]
     pub fn parse(file: &[u8]) -> Result<(Submission, &[u8]), FormatError> {
         let mut rest = file;
         let submission = Submission::read(&mut rest).map_err(|e| FormatError(e.to_string()))??;
@@ -194,6 +195,7 @@ pub fn sender(arg: &str, hostname: &str) -> Result<ReversePath, String> {
 }
 
 /// The message with every line end CRLF (a bare CR or LF becomes one) and a last line end.
+#[cfg(test)]
 pub fn crlf(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + message.len() / 32 + 2);
     let mut converter = Crlf::default();
