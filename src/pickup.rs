@@ -1,7 +1,8 @@
 //! The daemon's side of sendmail: takes the files left in `spool/maildrop/` into the queue.
 //!
 //! A thread started with the daemon first takes in everything there (mail left while it was
-//! stopped: after the listeners, so that a full maildrop never delays a start), then watches
+//! stopped: beside the start, which does not wait for it, so that a full maildrop never
+//! delays READY=1), then watches
 //! the directory with inotify, waking at least every second to notice a stop, and scans it
 //! again every `queue_scan_interval` in case an event was missed. At a stop it takes nothing
 //! new. Events on dot names (sendmail's `.ID.tmp` being written) wake nothing; dot files
