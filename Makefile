@@ -61,8 +61,10 @@ bench:
 # The binary, its sendmail links (Debian's places: $(PREFIX)/sbin/sendmail and
 # $(PREFIX)/lib/sendmail) and $(PREFIX)/bin/mailq (a sendmail or mailq that is not our link is
 # another MTA's: said, and left), the unit (its ExecStart under PREFIX), the example
-# configuration unless there is one, the spool and the mailboxes. As root with no DESTDIR:
-# the `postilion` user too, and the two directories made its own.
+# configuration unless there is one, the spool (0711, as the daemon makes it: sendmail's
+# users pass through it to maildrop/, so installing again must not close it) and the
+# mailboxes. As root with no DESTDIR: the `postilion` user too, and the two directories made
+# its own.
 install: $(BINARY)
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/etc/systemd/system
 	install -m 0755 $(BINARY) $(DESTDIR)$(PREFIX)/sbin/postilion
@@ -78,7 +80,8 @@ install: $(BINARY)
 		echo "install -m 0644 contrib/postilion.conf.example $(DESTDIR)/etc/postilion.conf"; \
 		install -m 0644 contrib/postilion.conf.example $(DESTDIR)/etc/postilion.conf; \
 	fi
-	install -d -m 0700 $(DESTDIR)/var/spool/postilion $(DESTDIR)/var/mail/postilion
+	install -d -m 0711 $(DESTDIR)/var/spool/postilion
+	install -d -m 0700 $(DESTDIR)/var/mail/postilion
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then \
 		if ! id -u postilion >/dev/null 2>&1; then \
 			echo "useradd --system postilion"; \

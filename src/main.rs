@@ -350,7 +350,9 @@ fn stop(
 /// Opens the spool and binds the listeners as whoever started it; then, started as root,
 /// switches to `user` (the files named in the configuration are read as that user, so that
 /// what works at start keeps working when they are read again); then starts delivery and the
-/// accept loops, and takes in what sendmail left in the maildrop.
+/// accept loops, and the thread that takes in what sendmail left in the maildrop (its first
+/// look, at what was left while the daemon was stopped, runs beside the start, not before
+/// READY=1: a full maildrop never makes a start time out).
 type Running = (Arc<server::Server>, delivery::Delivery, pickup::Pickup);
 
 fn start(config: Arc<Config>) -> Result<Running, String> {
@@ -388,10 +390,7 @@ fn start(config: Arc<Config>) -> Result<Running, String> {
         privileges::check_dir(dir, true).map_err(|e| format!("spool: {e}"))?;
     }
     privileges::check_dir(&config.mailbox_root, false).map_err(|e| format!("mailbox_root: {e}"))?;
-    let mut recovery = spool.recover().map_err(|e| e.to_string())?;
-    // Mail left by sendmail while the daemon was stopped, before delivery starts.
-    let dropped = pickup::scan(&config, &spool, &std::sync::atomic::AtomicBool::new(false));
-    recovery.queued.extend(dropped.iter().cloned());
+    let recovery = spool.recover().map_err(|e| e.to_string())?;
     let directory = directory::Directory::load(&config.mailbox_root, config.aliases.as_deref())
         .map_err(|e| e.to_string())?;
     let tls = match &config.tls {
@@ -427,16 +426,12 @@ fn start(config: Arc<Config>) -> Result<Running, String> {
         .serve_control(&config.spool)
         .map_err(|e| format!("cannot open the control socket: {e}"))?;
     ::log::info!(
-        "postilion {VERSION} started as {}: spool {}, {} queued, {} debris removed, {} quarantined{}",
+        "postilion {VERSION} started as {}: spool {}, {} queued, {} debris removed, {} quarantined",
         config.hostname,
         config.spool.display(),
         recovery.queued.len(),
         recovery.debris_removed,
         recovery.quarantined,
-        match dropped.len() {
-            0 => String::new(),
-            n => format!(", {n} taken from the maildrop"),
-        }
     );
     let pickup = pickup::start(
         Arc::clone(&config),

@@ -48,18 +48,62 @@ impl Defaults {
     }
 }
 
-/// A display name as it may stand in a header: as it is when it is words only, else a
-/// quoted string. Control characters become spaces.
+/// A display name as it may stand in a header (RFC 5322 3.2.5 `phrase`): ASCII words as
+/// they are, ASCII with specials as a quoted string, anything not ASCII as RFC 2047 encoded
+/// words (`=?UTF-8?B?...?=`), so that the header stays 7-bit. Control characters become
+/// spaces.
 fn display_name(name: &str) -> String {
     let name: String = name
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    let word = |c: char| c.is_alphanumeric() || " !#$%&'*+-/=?^_`{|}~".contains(c);
-    match name.chars().all(word) {
+    if !name.is_ascii() {
+        return encoded_words(&name);
+    }
+    let atext = |c: char| c.is_ascii_alphanumeric() || " !#$%&'*+-/=?^_`{|}~".contains(c);
+    match name.chars().all(atext) {
         true => name,
         false => format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\"")),
     }
+}
+
+/// `text` as RFC 2047 `B` encoded words of at most 75 characters, split between characters
+/// and separated by a space (which a reader drops between encoded words).
+fn encoded_words(text: &str) -> String {
+    // 45 bytes make 60 of base64; with `=?UTF-8?B?` and `?=`, 72.
+    const MAX_BYTES: usize = 45;
+    let mut words = Vec::new();
+    let mut piece = String::new();
+    for c in text.chars() {
+        if piece.len() + c.len_utf8() > MAX_BYTES {
+            words.push(format!("=?UTF-8?B?{}?=", base64(piece.as_bytes())));
+            piece.clear();
+        }
+        piece.push(c);
+    }
+    if !piece.is_empty() {
+        words.push(format!("=?UTF-8?B?{}?=", base64(piece.as_bytes())));
+    }
+    words.join(" ")
+}
+
+/// Standard base64 with padding (RFC 4648 4).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            match i <= chunk.len() {
+                true => out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char),
+                false => out.push('='),
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug)]
@@ -241,8 +285,28 @@ mod tests {
         assert_eq!(d.from, "From: Ann Example <ann@x.test>");
         let d = Defaults::new(0, "ID", "mx.test", &ann, Some("Doe, \"J\""));
         assert_eq!(d.from, "From: \"Doe, \\\"J\\\"\" <ann@x.test>");
+        let d = Defaults::new(0, "ID", "mx.test", &ann, Some("J. Doe"));
+        assert_eq!(d.from, "From: \"J. Doe\" <ann@x.test>");
+        let d = Defaults::new(0, "ID", "mx.test", &ann, Some("Jörg"));
+        assert_eq!(d.from, "From: =?UTF-8?B?SsO2cmc=?= <ann@x.test>");
         let d = Defaults::new(0, "ID", "mx.test", &ReversePath::Null, None);
         assert_eq!(d.from, "From: MAILER-DAEMON@mx.test");
+    }
+
+    #[test]
+    fn long_non_ascii_names_are_split_into_encoded_words() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        let name = "é".repeat(40);
+        let encoded = display_name(&name);
+        assert!(encoded.is_ascii());
+        let words: Vec<&str> = encoded.split(' ').collect();
+        assert_eq!(words.len(), 2, "{encoded}");
+        assert!(words
+            .iter()
+            .all(|w| w.len() <= 75 && w.starts_with("=?UTF-8?B?")));
     }
 
     #[test]

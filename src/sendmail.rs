@@ -7,10 +7,18 @@
 //! `/etc/postilion.conf` if it exists, else the defaults). The file (`maildrop.rs` has its
 //! format) is written as `maildrop/.ID.tmp`, fsync'd, renamed to `maildrop/ID`, then the file
 //! system is synced (`syncfs`: the caller may not open the directory to fsync it), and only
-//! then does sendmail exit 0. The file is mode 0644 because the daemon, another uid, must read
+//! then does sendmail exit 0 (`syncfs` flushes the whole file system, not only this file; if it
+//! fails, the file is removed again and sendmail exits 75, so that a caller that retries
+//! does not send twice). The file is mode 0644 because the daemon, another uid, must read
 //! it; that discloses nothing: `maildrop/` (1733) cannot be listed by others and the name has
 //! a random part, so nobody else can find it. Who sent it is the file's owner, which the
-//! caller cannot choose. Exit codes follow sysexits.h, with one line on standard error.
+//! caller cannot choose.
+//!
+//! Before writing, the message is checked as the daemon will check it (`maildrop.rs` holds
+//! the shared rules): the caller's uid in `/etc/passwd`, the recipients (valid, with `-t`
+//! those of the header too, at most `max_recipients`), the size with CRLF line ends, a header
+//! section of at most 64 KiB; so that mail the daemon would only quarantine is refused here,
+//! where someone sees it. Exit codes follow sysexits.h, with one line on standard error.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, Read, Write};
@@ -18,11 +26,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::config::RawConfig;
-use crate::maildrop::{self, Submission};
+use crate::config::{Config, RawConfig};
+use crate::maildrop::{self, Crlf, RecipientError, Submission, MAX_HEADER};
+use crate::passwd;
 
 const EX_USAGE: u8 = 64;
 const EX_DATAERR: u8 = 65;
+const EX_NOUSER: u8 = 67;
 const EX_IOERR: u8 = 74;
 const EX_TEMPFAIL: u8 = 75;
 const EX_CONFIG: u8 = 78;
@@ -212,17 +222,13 @@ fn run(args: &[String]) -> Result<(), Failure> {
             "no recipients given (name them, or -t to read To:, Cc: and Bcc:)".into(),
         ));
     }
+    check_caller(&config, rustix::process::getuid().as_raw())?;
     let message = read_message(
         &mut io::stdin().lock(),
         invocation.ignore_dots,
         config.message_size_limit,
     )?;
-    if submission.recipients.is_empty() {
-        let (found, _) = maildrop::extract_recipients(&maildrop::crlf(&message));
-        if found.is_empty() {
-            return Err(usage("-t: no recipients in To:, Cc: or Bcc:".into()));
-        }
-    }
+    check_message(submission, &message, &config)?;
     let dir = config.spool.join("maildrop");
     write_maildrop(&dir, submission, &message).map_err(|e| {
         Failure(
@@ -233,6 +239,85 @@ fn run(args: &[String]) -> Result<(), Failure> {
             ),
         )
     })
+}
+
+/// The daemon takes a file only from a user in `/etc/passwd` whose login makes an address,
+/// and not from its own user (unless root).
+fn check_caller(config: &Config, uid: u32) -> Result<(), Failure> {
+    let user = passwd::user_by_uid(uid)
+        .map_err(|e| Failure(EX_TEMPFAIL, format!("cannot read {}: {e}", passwd::PASSWD)))?
+        .ok_or_else(|| {
+            Failure(
+                EX_NOUSER,
+                format!(
+                    "your uid {uid} is not in {}: mail from it is not taken",
+                    passwd::PASSWD
+                ),
+            )
+        })?;
+    maildrop::mailbox(&user.name, &config.hostname)
+        .map_err(|e| Failure(EX_NOUSER, format!("your login name is no address: {e}")))?;
+    let daemon = passwd::user_by_name(&config.user).ok().flatten();
+    if uid != 0 && daemon.is_some_and(|daemon| daemon.uid == uid) {
+        return Err(Failure(
+            EX_NOUSER,
+            format!(
+                "{} is the daemon's own user: mail from it is not taken",
+                user.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `message` as the daemon will: its size with CRLF line ends, its header section,
+/// and the recipients (with `-t`, those of the header too).
+fn check_message(submission: &Submission, message: &[u8], config: &Config) -> Result<(), Failure> {
+    let data = |what: String| Failure(EX_DATAERR, what);
+    let mut converter = Crlf::default();
+    let (mut head, mut converted, mut size) = (Vec::new(), Vec::new(), 0u64);
+    // In pieces, as the daemon reads it: the header section, and the size.
+    for piece in message.chunks(64 * 1024).map(Some).chain([None]) {
+        converted.clear();
+        match piece {
+            Some(piece) => converter.convert(piece, &mut converted),
+            None => converter.finish(&mut converted),
+        }
+        size += converted.len() as u64;
+        if maildrop::header_end(&head).is_none() && head.len() <= MAX_HEADER {
+            head.extend_from_slice(&converted);
+        }
+    }
+    let limit = config.message_size_limit;
+    if size > limit {
+        return Err(data(format!(
+            "message too big: {size} bytes with CRLF line ends, more than message_size_limit, \
+             {limit} bytes"
+        )));
+    }
+    if maildrop::header_end(&head).unwrap_or(head.len()) > MAX_HEADER {
+        return Err(data(format!("a header section over {MAX_HEADER} bytes")));
+    }
+    let (in_header, _) = maildrop::extract_recipients(&head);
+    let hostname = &config.hostname;
+    let from_header = submission.extract;
+    match maildrop::recipients(submission, &in_header, hostname, config.max_recipients) {
+        Ok(found) => match found.invalid.first() {
+            Some(bad) => Err(data(format!("-t: bad recipient {bad} in the header"))),
+            None => Ok(()),
+        },
+        Err(RecipientError::NoneValid) => Err(data(match in_header.first() {
+            Some(bad) => format!(
+                "-t: no valid recipient in To:, Cc: or Bcc: ({})",
+                maildrop::recipient(bad, hostname).err().unwrap_or_default()
+            ),
+            None => "-t: no recipients in To:, Cc: or Bcc:".into(),
+        })),
+        Err(e) => Err(Failure(
+            if from_header { EX_DATAERR } else { EX_USAGE },
+            e.to_string(),
+        )),
+    }
 }
 
 /// Writes `.ID.tmp`, syncs it, renames it to `ID` and syncs the file system.
@@ -252,7 +337,12 @@ fn write_maildrop(dir: &Path, submission: &Submission, message: &[u8]) -> io::Re
         file.write_all(message)?;
         file.sync_all()?;
         fs::rename(&tmp, &done)?;
-        rustix::fs::syncfs(&file)?;
+        if let Err(e) = rustix::fs::syncfs(&file) {
+            // Not known to be durable, so not acknowledged: a caller that retries must not
+            // send it twice.
+            let _ = fs::remove_file(&done);
+            return Err(e.into());
+        }
         Ok(())
     })();
     if written.is_err() {

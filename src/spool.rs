@@ -24,6 +24,7 @@
 //! files); `pickup.rs` takes what is dropped there in through `incoming_as`.
 
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
@@ -214,24 +215,30 @@ impl Spool {
         fs::symlink_metadata(self.message_path(id)).is_ok()
     }
 
-    /// Removes a maildrop file taken in (or found queued already), durably: it must not be
-    /// taken in again after a crash.
-    pub fn remove_maildrop(&self, name: &str) -> Result<(), SpoolError> {
-        let path = self.maildrop.join(name);
-        fs::remove_file(&path).map_err(io_error("remove", &path))?;
+    /// Removes a maildrop file taken in (or found queued already); durable only after
+    /// `sync_maildrop` (a name is any bytes a user chose).
+    pub fn remove_maildrop(&self, name: &OsStr) -> io::Result<()> {
+        fs::remove_file(self.maildrop.join(name))
+    }
+
+    /// Moves a maildrop file (or whatever a user put there) that cannot be taken in to
+    /// `corrupt/maildrop.NAME`; durable only after `sync_corrupt` then `sync_maildrop`.
+    pub fn quarantine_maildrop(&self, name: &OsStr) -> io::Result<PathBuf> {
+        let mut to = std::ffi::OsString::from("maildrop.");
+        to.push(name);
+        let to = self.corrupt.join(to);
+        fs::rename(self.maildrop.join(name), &to)?;
+        Ok(to)
+    }
+
+    /// Makes removals from and moves out of `maildrop/` durable: one fsync for a whole scan.
+    pub fn sync_maildrop(&self) -> Result<(), SpoolError> {
         sync_dir(&self.maildrop)
     }
 
-    /// Moves a maildrop file that cannot be taken in to `corrupt/maildrop.NAME`.
-    pub fn quarantine_maildrop(&self, name: &str) -> Result<PathBuf, SpoolError> {
-        let (from, to) = (
-            self.maildrop.join(name),
-            self.corrupt.join(format!("maildrop.{name}")),
-        );
-        fs::rename(&from, &to).map_err(io_error("move to corrupt/", &from))?;
-        sync_dir(&self.corrupt)?;
-        sync_dir(&self.maildrop)?;
-        Ok(to)
+    /// Makes moves into `corrupt/` durable.
+    pub fn sync_corrupt(&self) -> Result<(), SpoolError> {
+        sync_dir(&self.corrupt)
     }
 
     /// Takes the lock of an existing spool and creates nothing: for the queue tools, when no
