@@ -269,7 +269,7 @@ fn serve(args: &[String]) -> ExitCode {
     };
     match start(Arc::clone(&config)) {
         Ok((server, delivery, pickup)) => {
-            wait_for_stop(&mut signals, args, &raw.effective(&config));
+            wait_for_stop(&mut signals, args, &raw.effective(&config), &server);
             // A second SIGTERM or SIGINT during the stop: stop now. Nothing acknowledged is
             // lost by it (invariant 1); what is in flight is simply done again.
             let last_words = delivery.last_words();
@@ -291,13 +291,15 @@ fn serve(args: &[String]) -> ExitCode {
     }
 }
 
-/// Serves until SIGTERM or SIGINT; at SIGHUP reads the configuration again and says what it
-/// cannot apply (aliases, users and certificates are re-read whenever they change anyway).
-fn wait_for_stop(signals: &mut Signals, args: &[String], running: &str) {
+/// Serves until SIGTERM or SIGINT; at SIGHUP reads the certificate and the aliases again at
+/// once (both are also re-read whenever they change), and the configuration, saying what it
+/// cannot apply.
+fn wait_for_stop(signals: &mut Signals, args: &[String], running: &str, server: &server::Server) {
     for signal in signals.forever() {
         if signal != SIGHUP {
             return;
         }
+        server.reload();
         match load_config(args) {
             Ok((raw, config)) => {
                 let (old, new) = (running, raw.effective(&config));

@@ -167,6 +167,19 @@ impl Server {
     /// Stops taking mail: new connections get 421, idle sessions are closed with 421, and
     /// transactions in flight may finish until `deadline`. Returns once no session is left,
     /// or at the deadline, with the number of sessions still open.
+    /// SIGHUP: the certificate and the local recipients (users and aliases) read again now.
+    pub fn reload(&self) {
+        if let Some(tls) = &self.tls {
+            tls.reload_now();
+        }
+        let table = self.directory.table();
+        log::info!(
+            "SIGHUP: local recipients: {} users, {} aliases",
+            table.users.len(),
+            table.aliases.len()
+        );
+    }
+
     pub fn shut_down(&self, deadline: Instant) -> usize {
         let _ = self.shutdown.set(deadline);
         // Sessions look at the clock every `TICK`: give those cut at the deadline the time

@@ -87,6 +87,11 @@ impl Watch {
         }
     }
 
+    /// The files' state now, settled or not (for a read asked for by a person: SIGHUP).
+    pub fn current(&self) -> Stamp {
+        Stamp::of(&self.paths)
+    }
+
     pub fn read_well(&mut self, stamp: Stamp) {
         self.read = stamp;
         self.failed = None;

@@ -162,6 +162,32 @@ impl ServerTls {
     }
 }
 
+impl ServerTls {
+    /// Reads the files now, settled or not (SIGHUP: the operator says they are ready); if
+    /// they cannot be used, the last good ones go on serving.
+    pub fn reload_now(&self) {
+        let Ok(mut loaded) = self.loaded.lock() else {
+            return;
+        };
+        let stamp = loaded.watch.current();
+        match server_configs(&self.files, self.submission_tickets) {
+            Ok((smtp, submission)) => {
+                loaded.smtp = smtp;
+                loaded.submission = submission;
+                loaded.watch.read_well(stamp);
+                log::info!(
+                    "SIGHUP: TLS certificate re-read from {}",
+                    self.files.cert.display()
+                );
+            }
+            Err(e) => {
+                loaded.watch.read_failed(stamp);
+                log::error!("SIGHUP: TLS certificate not re-read, the old one serves: {e}");
+            }
+        }
+    }
+}
+
 /// The smtp role's configuration (no session tickets) and the submission roles'.
 fn server_configs(
     files: &TlsFiles,

@@ -1,6 +1,7 @@
 //! Signals to the real binary: SIGTERM stops it gracefully (idle sessions and new
 //! connections get 421 4.3.2, a transaction in flight finishes and is kept, exit status 0),
-//! SIGHUP re-reads the configuration and names what needs a restart.
+//! SIGHUP re-reads the certificate and the aliases at once, and the configuration, naming
+//! what needs a restart.
 
 mod common;
 
@@ -75,6 +76,37 @@ fn sigterm_cuts_a_stalled_transaction_at_shutdown_timeout_and_keeps_nothing_half
     assert_eq!(exit_status(&mut server), Some(0));
     assert!(start.elapsed() < Duration::from_secs(10));
     assert!(server.queue_files("").is_empty() && server.tmp_files().is_empty());
+}
+
+/// Without the signal, new files are read only once they have settled (two seconds): the
+/// certificate served at once after SIGHUP is the proof that the signal read it.
+#[test]
+fn sighup_picks_up_a_new_certificate_and_a_changed_alias_at_once() {
+    let dir = common::TempDir::new("sighup-files");
+    let aliases = dir.0.join("aliases");
+    fs::write(&aliases, "staff: alice\n").unwrap();
+    let aliases_arg = aliases.to_string_lossy().into_owned();
+    let (server, _, old) = common::tls::tls_server_with("sighup-tls", &["--aliases", &aliases_arg]);
+    assert!(common::tls::try_starttls(server.addr, &old).is_ok());
+    let mut c = Client::hello(server.addr);
+    c.send("MAIL FROM:<a@client.test>\r\nRCPT TO:<team@example.test>\r\n");
+    c.expect("250 2.1.0");
+    c.expect("550 5.1.1");
+    // certbot renews, the alias file is edited, the operator sends SIGHUP.
+    let new = common::tls::write_certificate(&server.dir, "mx.test");
+    fs::write(&aliases, "staff: alice\nteam: alice\n").unwrap();
+    signal(&server, "HUP");
+    server.wait_for_log("SIGHUP: TLS certificate re-read");
+    server.wait_for_log("SIGHUP: local recipients: ");
+    assert!(
+        common::tls::try_starttls(server.addr, &new).is_ok(),
+        "the new certificate is served at once"
+    );
+    assert!(common::tls::try_starttls(server.addr, &old).is_err());
+    let mut c = Client::hello(server.addr);
+    c.send("MAIL FROM:<a@client.test>\r\nRCPT TO:<team@example.test>\r\n");
+    c.expect("250 2.1.0");
+    c.expect("250 2.1.5");
 }
 
 #[test]
