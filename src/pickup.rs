@@ -279,10 +279,16 @@ impl<'a> Intake<'a> {
                 log::error!("maildrop: {e}");
             }
         }
-        if std::mem::take(&mut self.unsynced_maildrop) {
+        if self.unsynced_maildrop {
             if let Err(e) = self.spool.sync_maildrop() {
-                log::error!("maildrop: {e} (a crash now could take a file in twice)");
+                // Kept back: delivered now, a crash could bring the files back.
+                log::error!(
+                    "maildrop: {e} ({} messages wait for the next try)",
+                    self.pending.len()
+                );
+                return;
             }
+            self.unsynced_maildrop = false;
         }
         for id in self.pending.drain(..) {
             hand_on(id);
@@ -340,6 +346,9 @@ impl<'a> Intake<'a> {
                 "maildrop: {} removed at last (it was queued already)",
                 shown(name)
             );
+            if let Some(id) = name.to_str() {
+                self.pending.push(id.to_string());
+            }
         }
     }
 
@@ -379,12 +388,15 @@ impl<'a> Intake<'a> {
             return self.quarantine(name, ino, "not a name sendmail gives");
         };
         if self.spool.is_queued(id) {
-            // Committed before a crash, not yet removed.
+            // Committed before a crash (or its removal failed), not yet removed: delivery
+            // was not given it (start and the periodic scan leave ids still here to pickup),
+            // and gets it once the file is durably gone.
             return match self.spool.remove_maildrop(name) {
                 Ok(()) => {
                     self.unsynced_maildrop = true;
+                    self.taken.remove(name);
                     log::info!("maildrop: {id} is queued already: removed");
-                    Taken::Done
+                    Taken::Queued(id.to_string())
                 }
                 Err(e) => self.wait(name, ino, &format!("queued already, cannot remove it: {e}")),
             };
@@ -587,18 +599,22 @@ impl<'a> Intake<'a> {
         }
         // Removed before the id is handed on (after the sync of the batch): delivered once (a
         // crash before this point is caught by `is_queued` at the next look).
-        match spool.remove_maildrop(OsStr::new(id)) {
-            Ok(()) => self.unsynced_maildrop = true,
+        let removed = match spool.remove_maildrop(OsStr::new(id)) {
+            Ok(()) => {
+                self.unsynced_maildrop = true;
+                true
+            }
             Err(e) => {
                 log::error!(
-                    "maildrop: {id} queued, but cannot remove it: {e} (skipped from now on; its \
-                     removal is tried again at each scan)"
+                    "maildrop: {id} queued, but cannot remove it: {e} (not delivered until it \
+                     is removed; tried again at each scan)"
                 );
                 if self.taken.len() < MAX_REMEMBERED {
                     self.taken.insert(OsString::from(id));
                 }
+                false
             }
-        }
+        };
         let ignored = if sender_ignored {
             " (-f ignored: not in trusted_senders)"
         } else {
@@ -610,7 +626,12 @@ impl<'a> Intake<'a> {
             envelope.recipients.len(),
             envelope.size
         );
-        Ok(Taken::Queued(id.to_string()))
+        match removed {
+            true => Ok(Taken::Queued(id.to_string())),
+            // Handed on by `remove_again` once the file is gone: delivered before that, the
+            // file could be taken in again after a restart.
+            false => Ok(Taken::Done),
+        }
     }
 }
 
@@ -690,6 +711,7 @@ fn watch(config: &Config, spool: &Spool, queued: &Sender<String>, stopping: &Ato
     log::info!("maildrop: {taken} taken in at start");
     let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
     let mut last_scan = Instant::now();
+    let mut wanted = false;
     let tick = Timespec {
         tv_sec: TICK.as_secs() as i64,
         tv_nsec: 0,
@@ -708,8 +730,11 @@ fn watch(config: &Config, spool: &Spool, queued: &Sender<String>, stopping: &Ato
         if stopping.load(Ordering::Relaxed) {
             break;
         }
-        if woken || last_scan.elapsed() >= rescan {
+        // At most one look a second, however many events users make.
+        wanted |= woken;
+        if (wanted && last_scan.elapsed() >= TICK) || last_scan.elapsed() >= rescan {
             last_scan = Instant::now();
+            wanted = false;
             intake.scan(stopping, &mut hand_on);
         }
     }

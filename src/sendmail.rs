@@ -339,9 +339,11 @@ fn write_maildrop(dir: &Path, submission: &Submission, message: &[u8]) -> io::Re
         fs::rename(&tmp, &done)?;
         if let Err(e) = rustix::fs::syncfs(&file) {
             // Not known to be durable, so not acknowledged: a caller that retries must not
-            // send it twice.
-            let _ = fs::remove_file(&done);
-            return Err(e.into());
+            // send it twice. Gone already, it is the daemon's (it syncs what it takes in).
+            return match fs::remove_file(&done) {
+                Err(gone) if gone.kind() == io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e.into()),
+            };
         }
         Ok(())
     })();

@@ -344,6 +344,12 @@ impl Spool {
                 self.quarantine(&[name], "not a queue file name", &mut recovery)?;
             }
         }
+        // Still in maildrop/ as well (a crash between pickup's commit and its removal of the
+        // file): pickup hands these on once the file is durably gone. Delivered first, the
+        // file could be taken in a second time.
+        recovery
+            .queued
+            .retain(|id| fs::symlink_metadata(self.maildrop.join(id)).is_err());
         recovery.queued.sort();
         Ok(recovery)
     }
@@ -535,7 +541,8 @@ fn queued_ids_in(queue: &Path) -> Result<Vec<String>, SpoolError> {
         .iter()
         .filter_map(|name| {
             if let Some(id) = name.strip_suffix(".env") {
-                return Some(id.to_string());
+                // An envelope alone is the rest of a removal cut short, not mail.
+                return names.contains(&format!("{id}.msg")).then(|| id.to_string());
             }
             let id = name.strip_suffix(".msg")?;
             let carries = !names.contains(&format!("{id}.env"))
@@ -927,6 +934,26 @@ mod tests {
         assert_eq!(recovery.debris_removed, 1);
         assert_eq!(list(&dir.join("tmp")).unwrap(), [format!("{id}.msg")]);
         assert_eq!(recovery.queued, std::slice::from_ref(&id));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn recovery_leaves_a_message_still_in_maildrop_to_pickup() {
+        // A crash between pickup's commit and its removal of the maildrop file.
+        let dir = temp_dir("picking");
+        let spool = Spool::open(&dir, None).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let mut incoming = spool.incoming(&envelope()).unwrap();
+            incoming.write(b"x\r\n");
+            ids.push(incoming.commit(&mut envelope()).unwrap().id().to_string());
+        }
+        fs::write(dir.join("maildrop").join(&ids[0]), b"Rcpt: a\n\nx\n").unwrap();
+        assert_eq!(spool.recover().unwrap().queued, [ids[1].clone()]);
+        assert!(
+            spool.is_queued(&ids[0]),
+            "still queued, for pickup to hand on"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

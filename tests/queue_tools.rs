@@ -138,9 +138,15 @@ fn mailq_shows_an_empty_queue_then_a_deferred_message_with_its_last_reply() {
         Some(&"-- 1 Kbytes in 1 Request."),
         "{listing}"
     );
+    // The same listing, but for ages and times, which a second may change between the two.
+    let digitless = |text: &str| -> String {
+        text.chars()
+            .map(|c| if c.is_ascii_digit() { '0' } else { c })
+            .collect()
+    };
     assert_eq!(
-        listing,
-        queue_ok(&server.spool, &["list"]),
+        digitless(&listing),
+        digitless(&queue_ok(&server.spool, &["list"])),
         "mailq = queue list"
     );
 

@@ -131,13 +131,15 @@ impl Delivery {
     pub fn stop(mut self, deadline: Instant) -> usize {
         // A queue action waiting for a worker is answered "not done" now, not at its time.
         self.control.claims.stop();
-        if let Some(socket) = self.control_socket.take() {
-            socket.stop();
-        }
+        // No new delivery from now on, before the queue tools' channel is waited for: its
+        // request in progress (a flush of a long queue) may take a while.
         if let Some(context) = &self.context {
             context.stopping.store(true, Ordering::Relaxed);
         }
         drop(self.stop.take());
+        if let Some(socket) = self.control_socket.take() {
+            socket.stop();
+        }
         // The scheduler returns at once; once it has, no worker is started any more.
         let running = |workers: &Mutex<Vec<thread::JoinHandle<()>>>| {
             let workers = workers.lock().unwrap_or_else(|p| p.into_inner());
