@@ -1,6 +1,6 @@
 //! The control socket, `spool/control`: a Unix stream socket through which the queue tools
-//! ask the running daemon to act (the daemon's side: one thread, one request per connection,
-//! bounded in size and time) and the tools' side (`ask`). Only root and the daemon's own uid
+//! ask the running daemon to act (the daemon's side: an accepting thread, and a thread for
+//! each request, one request per connection, bounded in size and time) and the tools' side (`ask`). Only root and the daemon's own uid
 //! are answered, checked with SO_PEERCRED on top of the socket's mode 0600 in a 0700 spool.
 //! The protocol is `request.rs`; what an action does is the handler's business.
 
@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ pub struct ControlSocket {
     path: PathBuf,
     stopping: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
+    /// The threads answering requests (finished ones are dropped at each new request).
+    requests: Arc<Mutex<Vec<thread::JoinHandle<()>>>>,
 }
 
 impl ControlSocket {
@@ -43,8 +45,18 @@ impl ControlSocket {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        // Requests still being answered end soon: actions waiting for a worker were
+        // answered when delivery stopped.
+        let requests = std::mem::take(&mut *lock(&self.requests));
+        for request in requests {
+            let _ = request.join();
+        }
         let _ = fs::remove_file(&self.path);
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Makes `spool/control` afresh (a stale one from a crash is removed: the spool lock says
@@ -52,7 +64,7 @@ impl ControlSocket {
 /// (given the request and who asked, for the log).
 pub fn serve<F>(spool: &Path, handle: F) -> io::Result<ControlSocket>
 where
-    F: Fn(&Request, &str) -> Reply + Send + 'static,
+    F: Fn(&Request, &str) -> Reply + Send + Sync + 'static,
 {
     let path = path(spool);
     // Made under another name and renamed once 0600: never seen with another mode.
@@ -68,6 +80,9 @@ where
     fs::rename(&fresh, &path)?;
     let stopping = Arc::new(AtomicBool::new(false));
     let stop = Arc::clone(&stopping);
+    let requests: Arc<Mutex<Vec<thread::JoinHandle<()>>>> = Arc::default();
+    let running = Arc::clone(&requests);
+    let handle = Arc::new(handle);
     let thread = thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -75,9 +90,25 @@ where
                 if stop.load(Ordering::Relaxed) {
                     return;
                 }
-                match stream {
-                    Ok(stream) => answer(stream, &handle),
-                    Err(e) => log::warn!("control socket: accept: {e}"),
+                let stream = match stream {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        log::warn!("control socket: accept: {e}");
+                        continue;
+                    }
+                };
+                // A request may wait for a worker (up to its patience): each has a thread
+                // of its own, so that none waits behind another past the tool's own wait.
+                // Only root and the daemon's user can connect (0600).
+                let handle = Arc::clone(&handle);
+                let spawned = thread::Builder::new()
+                    .name("control-request".into())
+                    .spawn(move || answer(stream, &*handle));
+                let mut running = lock(&running);
+                running.retain(|request| !request.is_finished());
+                match spawned {
+                    Ok(request) => running.push(request),
+                    Err(e) => log::warn!("control socket: cannot start a thread: {e}"),
                 }
             }
         })?;
@@ -85,6 +116,7 @@ where
         path,
         stopping,
         thread: Some(thread),
+        requests,
     })
 }
 
