@@ -11,7 +11,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use common::delivery::{
 };
 use common::dns::DnsServer;
 use common::sink::{Gate, Sink};
+use common::user::TestUser;
 use common::{base_args, flags, maildir, wait_until, Server, TempDir, BIN, DEADLINE};
 
 /// Retries an hour apart: only a flush (or a release) explains a delivery within a test.
@@ -448,56 +448,6 @@ fn bad_and_unknown_ids_get_a_clear_error() {
     let out = queue(&server.spool, &["hold"]);
     assert_eq!(out.status.code(), Some(64));
     assert!(stderr(&out).contains("usage"), "{}", stderr(&out));
-}
-
-/// A system user made for one test, removed on drop (as in tests/privileges.rs).
-struct TestUser {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-impl TestUser {
-    fn create() -> Option<TestUser> {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "pt-queue-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let start = Instant::now();
-        while !Command::new("useradd")
-            .args(["--system", "--user-group", "--no-create-home"])
-            .args(["--shell", "/usr/sbin/nologin", &name])
-            .status()
-            .ok()?
-            .success()
-        {
-            if start.elapsed() > DEADLINE {
-                return None;
-            }
-            std::thread::park_timeout(Duration::from_millis(50));
-        }
-        let id = |flag: &str| -> u32 {
-            let out = Command::new("id").args([flag, &name]).output().unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-        };
-        Some(TestUser {
-            uid: id("-u"),
-            gid: id("-g"),
-            name,
-        })
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).status();
-        let _ = Command::new("groupdel")
-            .arg(&self.name)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
 }
 
 #[test]
