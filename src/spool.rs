@@ -188,19 +188,26 @@ impl Spool {
             Err(e) => Err(e),
         }
         .map_err(io_error("open", &lock_path))?;
+        Spool::locked(root, lock)
+    }
+
+    /// The spool at `root`, once `lock` (its lock file, open) is taken: `Locked` when another
+    /// process holds it.
+    fn locked(root: &Path, lock: File) -> Result<Spool, SpoolError> {
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked(root.into())),
-            Err(fs::TryLockError::Error(e)) => return Err(io_error("lock", &lock_path)(e)),
+            Err(fs::TryLockError::Error(e)) => return Err(io_error("lock", &root.join("lock"))(e)),
         }
+        let (tmp, queue) = (root.join("tmp"), root.join("queue"));
         Ok(Spool {
             root: root.into(),
             unnamed_files: unnamed_files_work(&queue, &tmp),
             queue_sync: GroupSync::new(&queue),
             tmp,
             queue,
-            corrupt,
-            maildrop,
+            corrupt: root.join("corrupt"),
+            maildrop: root.join("maildrop"),
             _lock: lock,
         })
     }
@@ -244,27 +251,12 @@ impl Spool {
     /// Takes the lock of an existing spool and creates nothing: for the queue tools, when no
     /// daemon holds it. `Locked` when one does.
     pub fn open_existing(root: &Path) -> Result<Spool, SpoolError> {
-        let (tmp, queue, corrupt) = (root.join("tmp"), root.join("queue"), root.join("corrupt"));
         let lock_path = root.join("lock");
         let lock = OpenOptions::new()
             .write(true)
             .open(&lock_path)
             .map_err(io_error("open", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked(root.into())),
-            Err(fs::TryLockError::Error(e)) => return Err(io_error("lock", &lock_path)(e)),
-        }
-        Ok(Spool {
-            root: root.into(),
-            maildrop: root.join("maildrop"),
-            unnamed_files: unnamed_files_work(&queue, &tmp),
-            queue_sync: GroupSync::new(&queue),
-            tmp,
-            queue,
-            corrupt,
-            _lock: lock,
-        })
+        Spool::locked(root, lock)
     }
 
     pub fn root(&self) -> &Path {
