@@ -582,6 +582,10 @@ impl<'a> Intake<'a> {
                     // Grown since it was measured.
                     return Err(Refusal::Bad("over message_size_limit".into()));
                 }
+                if !envelope.eight_bit && !converted.is_ascii() {
+                    // Rewritten since it was read: the envelope would say 7BIT of 8-bit mail.
+                    return Err(Refusal::Bad("changed while it was taken in".into()));
+                }
                 out.clear();
                 fill.feed(&converted, &mut out);
                 incoming.write(&out);

@@ -104,6 +104,13 @@ pub fn parse_args(args: &[String]) -> Result<Invocation, String> {
             }
         }
     }
+    // A recipient named twice is one recipient, and one `Rcpt:` line (the daemon bounds the
+    // lines it reads).
+    let mut seen = std::collections::HashSet::new();
+    invocation
+        .submission
+        .recipients
+        .retain(|rcpt| seen.insert(rcpt.clone()));
     Ok(invocation)
 }
 
@@ -222,7 +229,8 @@ fn run(args: &[String]) -> Result<(), Failure> {
             "no recipients given (name them, or -t to read To:, Cc: and Bcc:)".into(),
         ));
     }
-    check_caller(&config, rustix::process::getuid().as_raw())?;
+    // The effective uid: it owns the file written, and the daemon goes by the owner.
+    check_caller(&config, rustix::process::geteuid().as_raw())?;
     let message = read_message(
         &mut io::stdin().lock(),
         invocation.ignore_dots,
@@ -373,6 +381,8 @@ mod tests {
         assert_eq!(inv.submission.sender.as_deref(), Some("ann@x.test"));
         assert_eq!(inv.submission.full_name.as_deref(), Some("Ann"));
         assert_eq!(inv.submission.recipients, ["bob", "carol"]);
+        let twice = parse_args(&args("bob carol bob")).unwrap();
+        assert_eq!(twice.submission.recipients, ["bob", "carol"]);
         let inv = parse_args(&args("-ti -fann@x.test -Cconf -- -odd")).unwrap();
         assert!(inv.ignore_dots && inv.submission.extract);
         assert_eq!(inv.submission.sender.as_deref(), Some("ann@x.test"));
