@@ -217,6 +217,13 @@ impl Spool {
         &self.maildrop
     }
 
+    /// Whether a file that pickup will take in (or has taken in but not yet removed) is in
+    /// `maildrop/` under `id`. Only a regular file counts: a directory a user made under a
+    /// queued message's id must not keep that message from delivery.
+    pub fn in_maildrop(&self, id: &str) -> bool {
+        fs::symlink_metadata(self.maildrop.join(id)).is_ok_and(|meta| meta.is_file())
+    }
+
     /// Whether `id` is in `queue/` already (its message file is there).
     pub fn is_queued(&self, id: &str) -> bool {
         fs::symlink_metadata(self.message_path(id)).is_ok()
@@ -339,9 +346,7 @@ impl Spool {
         // Still in maildrop/ as well (a crash between pickup's commit and its removal of the
         // file): pickup hands these on once the file is durably gone. Delivered first, the
         // file could be taken in a second time.
-        recovery
-            .queued
-            .retain(|id| fs::symlink_metadata(self.maildrop.join(id)).is_err());
+        recovery.queued.retain(|id| !self.in_maildrop(id));
         recovery.queued.sort();
         Ok(recovery)
     }
@@ -946,6 +951,12 @@ mod tests {
             spool.is_queued(&ids[0]),
             "still queued, for pickup to hand on"
         );
+        // A directory a user made under a queued id is not pickup's: the message goes on.
+        fs::remove_file(dir.join("maildrop").join(&ids[0])).unwrap();
+        fs::create_dir(dir.join("maildrop").join(&ids[0])).unwrap();
+        let mut queued = spool.recover().unwrap().queued;
+        queued.sort();
+        assert_eq!(queued, ids);
         fs::remove_dir_all(&dir).unwrap();
     }
 

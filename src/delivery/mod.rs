@@ -344,7 +344,7 @@ fn scheduler(context: &Context, queued: Receiver<String>, stop: Receiver<()>, mu
                         // Still in maildrop/: pickup is taking it in and hands it over itself
                         // once the maildrop file is gone (delivered before that, a crash
                         // could make pickup take it in again).
-                        let picking_up = context.spool.maildrop().join(&id).exists();
+                        let picking_up = context.spool.in_maildrop(&id);
                         if !schedule.knows(&id)
                             && !context.control.claims.is_held(&id)
                             && !picking_up
