@@ -422,6 +422,7 @@ fn start(config: Arc<Config>) -> Result<Running, String> {
         Arc::clone(&spool),
         Arc::clone(&directory),
         recovery.queued.clone(),
+        &recovery.left_to_pickup,
     )
     .map_err(|e| format!("cannot start delivery threads: {e}"))?;
     delivery

@@ -9,7 +9,8 @@
 //! system is synced (`syncfs`: the caller may not open the directory to fsync it), and only
 //! then does sendmail exit 0 (`syncfs` flushes the whole file system, not only this file; if it
 //! fails, the file is removed again and sendmail exits 75, so that a caller that retries
-//! does not send twice). The file is mode 0644 because the daemon, another uid, must read
+//! does not send twice; if the daemon has taken it in already, it is the daemon's, which
+//! syncs what it takes, and sendmail exits 0). The file is mode 0644 because the daemon, another uid, must read
 //! it; that discloses nothing: `maildrop/` (1733) cannot be listed by others and the name has
 //! a random part, so nobody else can find it. Who sent it is the file's owner, which the
 //! caller cannot choose.

@@ -140,6 +140,9 @@ impl MessageFile {
 pub struct Recovery {
     /// Ids of queued messages, oldest first.
     pub queued: Vec<String>,
+    /// Ids queued whose maildrop file is still there (a crash between pickup's commit and
+    /// its removal of the file): pickup hands them on, not the start.
+    pub left_to_pickup: Vec<String>,
     pub debris_removed: usize,
     pub quarantined: usize,
 }
@@ -346,7 +349,11 @@ impl Spool {
         // Still in maildrop/ as well (a crash between pickup's commit and its removal of the
         // file): pickup hands these on once the file is durably gone. Delivered first, the
         // file could be taken in a second time.
-        recovery.queued.retain(|id| !self.in_maildrop(id));
+        let (left, queued) = std::mem::take(&mut recovery.queued)
+            .into_iter()
+            .partition(|id| self.in_maildrop(id));
+        recovery.queued = queued;
+        recovery.left_to_pickup = left;
         recovery.queued.sort();
         Ok(recovery)
     }
@@ -946,7 +953,9 @@ mod tests {
             ids.push(incoming.commit(&mut envelope()).unwrap().id().to_string());
         }
         fs::write(dir.join("maildrop").join(&ids[0]), b"Rcpt: a\n\nx\n").unwrap();
-        assert_eq!(spool.recover().unwrap().queued, [ids[1].clone()]);
+        let recovery = spool.recover().unwrap();
+        assert_eq!(recovery.queued, [ids[1].clone()]);
+        assert_eq!(recovery.left_to_pickup, [ids[0].clone()]);
         assert!(
             spool.is_queued(&ids[0]),
             "still queued, for pickup to hand on"

@@ -558,7 +558,10 @@ fn a_file_queued_that_cannot_be_removed_is_not_taken_twice() {
         assert!(out.status.success(), "{out:?}");
         wait_for_mail(&server.mail.join("alice"), n);
     }
-    assert_eq!(server.queue_files(""), [format!("{name}.msg")]);
+    // The second message's files go just after its Maildir copy appears.
+    wait_until("only the first message left in queue/", || {
+        server.queue_files("") == [format!("{name}.msg")]
+    });
     assert_eq!(server.log_lines_with(&["cannot remove it"]).len(), 1);
     // Once it can be removed, it is, and then delivered, once.
     let _ = Command::new("chattr").arg("-i").arg(&path).status();

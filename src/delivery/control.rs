@@ -206,7 +206,7 @@ impl Claims {
         }
     }
 
-    fn is_stopping(&self) -> bool {
+    pub(super) fn is_stopping(&self) -> bool {
         self.book.lock().is_ok_and(|book| book.stopping)
     }
 
@@ -406,6 +406,9 @@ impl Control {
         };
         let (mut flushed, mut held, mut now, mut failed) = (0, 0, 0, 0);
         for id in &ids {
+            if self.claims.is_stopping() {
+                return Reply::new(451, "stopping: not all flushed; repeat the command");
+            }
             match self.act_on(Verb::Flush, id, origin, None) {
                 Acted::Done(effect) if effect.changed => flushed += 1,
                 Acted::Done(_) => held += 1,

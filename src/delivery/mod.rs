@@ -159,12 +159,15 @@ impl Delivery {
     }
 }
 
-/// Starts the scheduler and the workers with the ids recovered at start.
+/// Starts the scheduler and the workers with the ids recovered at start; `left_to_pickup`
+/// were found too, and pickup hands them on (their Maildir copies are looked for in `cur/`
+/// as well, as for every message an earlier run may have delivered).
 pub fn start(
     config: Arc<Config>,
     spool: Arc<Spool>,
     directory: Arc<Directory>,
     recovered: Vec<String>,
+    left_to_pickup: &[String],
 ) -> std::io::Result<Delivery> {
     let (queued, queued_rx) = crossbeam_channel::unbounded();
     let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
@@ -200,7 +203,7 @@ pub fn start(
         unsaved,
         control: Arc::clone(&control),
         stopping: AtomicBool::new(false),
-        recovered: Mutex::new(recovered.iter().cloned().collect()),
+        recovered: Mutex::new(recovered.iter().chain(left_to_pickup).cloned().collect()),
     });
     for id in recovered {
         let _ = queued.send(id);
@@ -366,6 +369,10 @@ fn scheduler(context: &Context, queued: Receiver<String>, stop: Receiver<()>, mu
         let timeout = Duration::from_secs(wake.saturating_sub(now));
         select! {
             recv(queued) -> id => match id {
+                // An id still in maildrop/ (asked for by a queue tool, say) is pickup's to hand
+                // on, once the file is durably gone: delivered before, a crash could bring the
+                // file back and the message with it.
+                Ok(id) if context.spool.in_maildrop(&id) => {}
                 Ok(id) => schedule.add(&id, datetime::now()),
                 Err(_) => return,
             },

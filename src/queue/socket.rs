@@ -22,6 +22,8 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a tool waits for the daemon's answer (`flush` of a big queue writes every
 /// envelope).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Requests answered at once; more are told to try again.
+const MAX_REQUESTS: usize = 16;
 
 /// The socket's path in a spool.
 pub fn path(spool: &Path) -> PathBuf {
@@ -33,8 +35,6 @@ pub struct ControlSocket {
     path: PathBuf,
     stopping: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
-    /// The threads answering requests (finished ones are dropped at each new request).
-    requests: Arc<Mutex<Vec<thread::JoinHandle<()>>>>,
 }
 
 impl ControlSocket {
@@ -45,12 +45,9 @@ impl ControlSocket {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        // Requests still being answered end soon: actions waiting for a worker were
-        // answered when delivery stopped.
-        let requests = std::mem::take(&mut *lock(&self.requests));
-        for request in requests {
-            let _ = request.join();
-        }
+        // Requests still being answered are not waited for: actions waiting for a worker were
+        // answered when delivery stopped, a flush of the whole queue stops at its next
+        // message, and each edit is whole on disk whenever the process ends.
         let _ = fs::remove_file(&self.path);
     }
 }
@@ -80,8 +77,9 @@ where
     fs::rename(&fresh, &path)?;
     let stopping = Arc::new(AtomicBool::new(false));
     let stop = Arc::clone(&stopping);
-    let requests: Arc<Mutex<Vec<thread::JoinHandle<()>>>> = Arc::default();
-    let running = Arc::clone(&requests);
+    // The threads answering requests, to count them (finished ones are dropped at each
+    // new request).
+    let running: Arc<Mutex<Vec<thread::JoinHandle<()>>>> = Arc::default();
     let handle = Arc::new(handle);
     let thread = thread::Builder::new()
         .name("control".into())
@@ -100,12 +98,17 @@ where
                 // A request may wait for a worker (up to its patience): each has a thread
                 // of its own, so that none waits behind another past the tool's own wait.
                 // Only root and the daemon's user can connect (0600).
+                let mut running = lock(&running);
+                running.retain(|request| !request.is_finished());
+                if running.len() >= MAX_REQUESTS {
+                    // A script asking in a loop: it is told to try again.
+                    let _ = (&stream).write_all(b"451 busy: too many requests at once\r\n");
+                    continue;
+                }
                 let handle = Arc::clone(&handle);
                 let spawned = thread::Builder::new()
                     .name("control-request".into())
                     .spawn(move || answer(stream, &*handle));
-                let mut running = lock(&running);
-                running.retain(|request| !request.is_finished());
                 match spawned {
                     Ok(request) => running.push(request),
                     Err(e) => log::warn!("control socket: cannot start a thread: {e}"),
@@ -116,7 +119,6 @@ where
         path,
         stopping,
         thread: Some(thread),
-        requests,
     })
 }
 
