@@ -33,7 +33,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::envelope::Envelope;
@@ -159,6 +159,8 @@ pub struct Spool {
     unnamed_files: bool,
     /// One fsync of `queue/` for every commit, update or removal waiting at once.
     queue_sync: GroupSync,
+    /// Maildrop files removed since the last sync of `maildrop/`.
+    unsynced_removals: Mutex<HashSet<String>>,
     /// Held (and locked) for the life of the server.
     _lock: File,
 }
@@ -207,6 +209,7 @@ impl Spool {
             root: root.into(),
             unnamed_files: unnamed_files_work(&queue, &tmp),
             queue_sync: GroupSync::new(&queue),
+            unsynced_removals: Mutex::default(),
             tmp,
             queue,
             corrupt: root.join("corrupt"),
@@ -224,7 +227,8 @@ impl Spool {
     /// `maildrop/` under `id`. Only a regular file counts: a directory a user made under a
     /// queued message's id must not keep that message from delivery.
     pub fn in_maildrop(&self, id: &str) -> bool {
-        fs::symlink_metadata(self.maildrop.join(id)).is_ok_and(|meta| meta.is_file())
+        lock(&self.unsynced_removals).contains(id)
+            || fs::symlink_metadata(self.maildrop.join(id)).is_ok_and(|meta| meta.is_file())
     }
 
     /// Whether `id` is in `queue/` already (its message file is there).
@@ -235,7 +239,11 @@ impl Spool {
     /// Removes a maildrop file taken in (or found queued already); durable only after
     /// `sync_maildrop` (a name is any bytes a user chose).
     pub fn remove_maildrop(&self, name: &OsStr) -> io::Result<()> {
-        fs::remove_file(self.maildrop.join(name))
+        fs::remove_file(self.maildrop.join(name))?;
+        // Until maildrop/ is synced, a power cut could bring the file back: it still counts
+        // as being there for `in_maildrop`.
+        lock(&self.unsynced_removals).insert(name.to_string_lossy().into_owned());
+        Ok(())
     }
 
     /// Moves a maildrop file (or whatever a user put there) that cannot be taken in to
@@ -250,7 +258,13 @@ impl Spool {
 
     /// Makes removals from and moves out of `maildrop/` durable: one fsync for a whole scan.
     pub fn sync_maildrop(&self) -> Result<(), SpoolError> {
-        sync_dir(&self.maildrop)
+        // What is removed from now on needs a sync of its own.
+        let removed = std::mem::take(&mut *lock(&self.unsynced_removals));
+        let result = sync_dir(&self.maildrop);
+        if result.is_err() {
+            lock(&self.unsynced_removals).extend(removed);
+        }
+        result
     }
 
     /// Makes moves into `corrupt/` durable.
@@ -670,6 +684,11 @@ fn read_carried_envelope(reader: &mut BufReader<File>) -> io::Result<Option<Stri
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "its envelope is not UTF-8"))
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every update of the set is whole: a panic elsewhere cannot leave it half-made.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// File names in a directory.
 fn list(dir: &Path) -> Result<Vec<String>, SpoolError> {
     let mut names = Vec::new();
@@ -960,6 +979,13 @@ mod tests {
             spool.is_queued(&ids[0]),
             "still queued, for pickup to hand on"
         );
+        // Removed but not yet synced: a power cut could bring it back, so it still counts.
+        let name = OsStr::new(&ids[0]);
+        spool.remove_maildrop(name).unwrap();
+        assert!(spool.in_maildrop(&ids[0]));
+        spool.sync_maildrop().unwrap();
+        assert!(!spool.in_maildrop(&ids[0]));
+        fs::write(dir.join("maildrop").join(&ids[0]), b"Rcpt: a\n\nx\n").unwrap();
         // A directory a user made under a queued id is not pickup's: the message goes on.
         fs::remove_file(dir.join("maildrop").join(&ids[0])).unwrap();
         fs::create_dir(dir.join("maildrop").join(&ids[0])).unwrap();
