@@ -51,7 +51,7 @@ pub const KEYS: &[Key] = &[
     Key { name: "command_timeout", default: "5m", help: "idle time allowed waiting for a command (RFC 5321 4.5.3.2.7)" },
     Key { name: "data_timeout", default: "3m", help: "idle time allowed inside DATA (RFC 5321 4.5.3.2.5/6)" },
     Key { name: "bare_newline", default: "normalize", help: "bare CR or LF in message content: normalize (to CRLF) or reject" },
-    Key { name: "delivery_threads", default: "4", help: "messages delivered at once; 0 pauses delivery (mail waits in queue/)" },
+    Key { name: "delivery_threads", default: "8", help: "messages delivered at once; 0 pauses delivery (mail waits in queue/)" },
     Key { name: "retry_schedule", default: "5m, 10m, 20m, 40m, 1h, 2h, 4h", help: "delays between delivery attempts; the last one repeats" },
     Key { name: "max_queue_lifetime", default: "5d", help: "how long undeliverable mail is retried before it bounces" },
     Key { name: "smtp_port", default: "25", help: "port of remote MX hosts" },
@@ -595,7 +595,7 @@ mod tests {
             (100, 100, 50)
         );
         assert_eq!(c.hostname, "host.example");
-        assert_eq!(c.delivery_threads, 4);
+        assert_eq!(c.delivery_threads, 8);
         assert_eq!((c.user.as_str(), c.allow_root), ("postilion", false));
         assert_eq!(c.retry_schedule.len(), 7);
         assert_eq!(c.retry_schedule[4], Duration::from_secs(3600));
