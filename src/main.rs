@@ -24,6 +24,7 @@ mod smtp;
 mod spool;
 mod stamp;
 mod stream;
+mod sysexits;
 mod systemd;
 mod tls;
 mod users;
@@ -38,6 +39,7 @@ use config::{Config, RawConfig, KEYS, SWITCHES};
 use privileges::RunAs;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+use sysexits::{EX_DATAERR, EX_IOERR, EX_OSERR, EX_USAGE};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -189,12 +191,6 @@ fn check_files(config: &Config) -> Result<(), String> {
     }
     Ok(())
 }
-
-/// sysexits.h: the command was used wrongly; the input data was wrong; an I/O or OS error.
-const EX_USAGE: u8 = 64;
-const EX_DATAERR: u8 = 65;
-const EX_OSERR: u8 = 71;
-const EX_IOERR: u8 = 74;
 
 /// `postilion passwd [NAME]`: hashes one password line from standard input and prints
 /// `name:hash` for the users file (just the hash without a name).

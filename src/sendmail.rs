@@ -30,13 +30,7 @@ use std::process::ExitCode;
 use crate::config::{Config, RawConfig};
 use crate::maildrop::{self, Crlf, RecipientError, Submission, MAX_HEADER};
 use crate::passwd;
-
-const EX_USAGE: u8 = 64;
-const EX_DATAERR: u8 = 65;
-const EX_NOUSER: u8 = 67;
-const EX_IOERR: u8 = 74;
-const EX_TEMPFAIL: u8 = 75;
-const EX_CONFIG: u8 = 78;
+use crate::sysexits::{EX_CONFIG, EX_DATAERR, EX_IOERR, EX_NOUSER, EX_TEMPFAIL, EX_USAGE};
 
 /// The configuration file read when neither `-C` nor `POSTILION_CONFIG` names one.
 const DEFAULT_CONFIG: &str = "/etc/postilion.conf";

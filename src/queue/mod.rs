@@ -24,17 +24,9 @@ use crate::spool::{self, Spool, SpoolError};
 use request::{is_queue_id, Reply, Request, Verb};
 use socket::AskError;
 
-/// sysexits.h codes the tools exit with.
-const EX_USAGE: u8 = 64;
-/// An unknown or malformed queue id.
-const EX_DATAERR: u8 = 65;
-const EX_IOERR: u8 = 74;
-/// The daemon holds the spool but does not answer: try again.
-const EX_TEMPFAIL: u8 = 75;
-/// Neither root nor the mail user.
-const EX_NOPERM: u8 = 77;
-/// The configuration (file or flags) is wrong.
-const EX_CONFIG: u8 = 78;
+// An unknown or malformed queue id is EX_DATAERR; a daemon that holds the spool but does not
+// answer, EX_TEMPFAIL; neither root nor the mail user, EX_NOPERM.
+use crate::sysexits::{EX_CONFIG, EX_DATAERR, EX_IOERR, EX_NOPERM, EX_TEMPFAIL, EX_USAGE};
 
 /// How long an action waits for a daemon that holds the spool lock to open its socket.
 const STARTING_PATIENCE: Duration = Duration::from_secs(3);
