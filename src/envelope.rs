@@ -124,6 +124,25 @@ fn one_line(text: &str) -> String {
 }
 
 impl Envelope {
+    /// From `<>` to postmaster, pending, arrived at Unix time 1: what tests start from.
+    #[cfg(test)]
+    pub fn for_tests() -> Envelope {
+        Envelope {
+            reverse_path: ReversePath::Null,
+            recipients: vec![Recipient::pending(ForwardPath::Postmaster)],
+            client: None,
+            helo: "h".into(),
+            protocol: "ESMTP".into(),
+            eight_bit: false,
+            smtputf8: false,
+            arrival: 1,
+            size: 0,
+            delay_warned: false,
+            auth: None,
+            held: false,
+        }
+    }
+
     pub fn to_text(&self) -> String {
         self.text(true)
     }

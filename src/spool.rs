@@ -872,8 +872,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::Recipient;
-    use crate::smtp::address::{ForwardPath, ReversePath};
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir =
@@ -884,18 +882,8 @@ mod tests {
 
     fn envelope() -> Envelope {
         Envelope {
-            reverse_path: ReversePath::Null,
-            recipients: vec![Recipient::pending(ForwardPath::Postmaster)],
             client: Some("127.0.0.1:1".parse().unwrap()),
-            helo: "h".into(),
-            protocol: "ESMTP".into(),
-            eight_bit: false,
-            smtputf8: false,
-            arrival: 1,
-            size: 0,
-            delay_warned: false,
-            held: false,
-            auth: None,
+            ..Envelope::for_tests()
         }
     }
 

@@ -441,28 +441,13 @@ fn not_done_yet(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::Recipient;
-    use crate::smtp::address::{ForwardPath, ReversePath};
 
     fn spool_with_message(name: &str) -> (std::path::PathBuf, Arc<Spool>, String) {
         let dir =
             std::env::temp_dir().join(format!("postilion-control-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let spool = Arc::new(Spool::open(&dir, None).unwrap());
-        let mut env = Envelope {
-            reverse_path: ReversePath::Null,
-            recipients: vec![Recipient::pending(ForwardPath::Postmaster)],
-            client: None,
-            helo: "h".into(),
-            protocol: "ESMTP".into(),
-            eight_bit: false,
-            smtputf8: false,
-            arrival: 1,
-            size: 0,
-            delay_warned: false,
-            auth: None,
-            held: false,
-        };
+        let mut env = Envelope::for_tests();
         let mut incoming = spool.incoming(&env).unwrap();
         incoming.write(b"x\r\n");
         let id = incoming.commit(&mut env).unwrap().id().to_string();

@@ -127,7 +127,7 @@ pub fn apply(
 mod tests {
     use super::*;
     use crate::envelope::Recipient;
-    use crate::smtp::address::{ForwardPath, ReversePath};
+    use crate::smtp::address::ForwardPath;
 
     fn envelope() -> Envelope {
         let mut done = Recipient::pending(ForwardPath::Postmaster);
@@ -136,18 +136,9 @@ mod tests {
         waiting.next_attempt = 1_900_000_000;
         waiting.attempts = 2;
         Envelope {
-            reverse_path: ReversePath::Null,
             recipients: vec![done, waiting],
-            client: None,
-            helo: "h".into(),
-            protocol: "ESMTP".into(),
-            eight_bit: false,
-            smtputf8: false,
-            arrival: 1,
             size: 3,
-            delay_warned: false,
-            auth: None,
-            held: false,
+            ..Envelope::for_tests()
         }
     }
 

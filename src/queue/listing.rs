@@ -209,16 +209,9 @@ mod tests {
                 domain: "example.org".into(),
             }),
             recipients: vec![done, deferred],
-            client: None,
-            helo: "h".into(),
-            protocol: "ESMTP".into(),
-            eight_bit: false,
-            smtputf8: false,
             arrival: 1_000_000,
             size: 2000,
-            delay_warned: false,
-            auth: None,
-            held: false,
+            ..Envelope::for_tests()
         }
     }
 
