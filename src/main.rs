@@ -1,10 +1,13 @@
 //! Postilion, a minimal durable MTA: command line, configuration and wiring. No logic here.
 
-#![forbid(unsafe_code)]
+// No unsafe code but one call, allowed where it is (code_pages.rs) with why it is sound.
+#![deny(unsafe_code)]
 #![deny(unused_must_use)]
 
 mod aliases;
 mod auth;
+#[allow(unsafe_code)]
+mod code_pages;
 mod config;
 mod datetime;
 mod delivery;
@@ -287,10 +290,19 @@ fn serve(args: &[String]) -> ExitCode {
     }
 }
 
-/// Serves until SIGTERM or SIGINT; at SIGHUP reads the certificate and the aliases again at
+/// Gives back the pages start-up mapped, then serves until SIGTERM or SIGINT; at SIGHUP reads the certificate and the aliases again at
 /// once (both are also re-read whenever they change), and the configuration, saying what it
 /// cannot apply.
 fn wait_for_stop(signals: &mut Signals, args: &[String], running: &str, server: &server::Server) {
+    // Start-up is over: the code and data it alone ran and read need not stay mapped.
+    match code_pages::release() {
+        Ok(released) => ::log::debug!(
+            "start-up pages given back: {} KiB from {} mappings",
+            released.bytes / 1024,
+            released.mappings
+        ),
+        Err(e) => ::log::debug!("cannot read /proc/self/smaps to give back start-up pages: {e}"),
+    }
     for signal in signals.forever() {
         if signal != SIGHUP {
             return;
