@@ -8,10 +8,14 @@
 //! afterwards maps again what it needs. The pages stay in the page cache, shared and clean, but
 //! no longer pinned by our mapping: the kernel reclaims unmapped cache first.
 //!
-//! Only read-only private file mappings holding no private (copied-on-write) page are touched:
-//! what they hold is exactly the file's content, which `MADV_DONTNEED` reads again on the next
-//! access, as after the kernel's own reclaim of clean pages. Mappings written since they were
-//! mapped (relocated data, made read-only afterwards) are left alone.
+//! Only what the loader mapped before `main` is touched: the binary's and its libraries' code
+//! and read-only data, mapped for the life of the process (no library is ever unloaded), so
+//! that nothing else can have been mapped in their place meanwhile (a mapping made later, such
+//! as the binary's debug information read for a panic's backtrace, may come and go). Of those,
+//! only mappings still read-only and private, holding no private (copied-on-write) page,
+//! resident or swapped out: what they hold is exactly the file's content, which
+//! `MADV_DONTNEED` reads again on the next access, as after the kernel's own reclaim of clean
+//! pages. Relocated data (written at load, made read-only afterwards) is left alone.
 
 use std::fs;
 use std::io;
@@ -25,20 +29,43 @@ pub struct Released {
     pub mappings: usize,
 }
 
-/// Unmaps the resident pages of every read-only private file mapping of this process that
-/// holds no private page. A mapping that cannot be released is skipped.
-pub fn release() -> io::Result<Released> {
+/// The read-only private file mappings the loader made before `main`: where [`release`] may
+/// act.
+#[derive(Debug)]
+pub struct Loaded(Vec<(usize, usize)>);
+
+impl Loaded {
+    /// Reads this process's mappings. Call it while the process runs one thread (before any
+    /// is started, as at the top of `serve`): then every file mapping is the loader's.
+    pub fn now() -> io::Result<Loaded> {
+        Ok(Loaded::from_maps(&fs::read_to_string("/proc/self/maps")?))
+    }
+
+    /// The read-only private file mappings of a `/proc/PID/maps` text (or smaps: the same
+    /// first lines).
+    fn from_maps(maps: &str) -> Loaded {
+        let mappings = maps.lines().filter_map(header);
+        let loaded = mappings.filter(Mapping::read_only_private_file);
+        Loaded(loaded.map(|m| (m.start, m.end)).collect())
+    }
+}
+
+/// Unmaps the resident pages of every mapping in `loaded` that is still there, read-only and
+/// private, and holds no private page. A mapping that cannot be released is skipped.
+pub fn release(loaded: &Loaded) -> io::Result<Released> {
     let smaps = fs::read_to_string("/proc/self/smaps")?;
     let mut released = Released::default();
-    for mapping in parse(&smaps).into_iter().filter(Mapping::releasable) {
+    for mapping in releasable(&smaps, loaded) {
         let len = mapping.end - mapping.start;
-        // SAFETY: the range is a whole mapping of this process, read from /proc/self/smaps a
-        // moment ago. It is private, file-backed, not writable and holds no anonymous page: every
-        // page in it is the file's content, never written by this process, and MADV_DONTNEED on
-        // such a mapping only drops page-table entries, the next access reading the same bytes
-        // from the file (as after the kernel's reclaim of a clean page, which may happen at any
-        // time anyway). No Rust object's value changes, so no reference is invalidated. Nothing
-        // here maps, unmaps or makes writable a mapping (no dlopen, no mprotect) while it runs.
+        // SAFETY: the range is a whole mapping the loader made before `main` (Loaded::now) and
+        // is still one mapping of this process (read from /proc/self/smaps a moment ago); no
+        // library is ever unloaded, so nothing else can be mapped there now. It is private,
+        // file-backed, not writable and holds no anonymous page, resident or swapped out
+        // (relocated data does, and MADV_DONTNEED would drop it): every page in it is the
+        // file's content, never written by this process, and MADV_DONTNEED on such a mapping
+        // only drops page-table entries, the next access reading the same bytes from the file
+        // (as after the kernel's reclaim of a clean page, which may happen at any time anyway).
+        // No Rust object's value changes, so no reference is invalidated.
         let result = unsafe {
             rustix::mm::madvise(
                 mapping.start as *mut std::ffi::c_void,
@@ -54,6 +81,14 @@ pub fn release() -> io::Result<Released> {
     Ok(released)
 }
 
+/// The mappings of `smaps` that are in `loaded`, whole, and may be released.
+fn releasable(smaps: &str, loaded: &Loaded) -> Vec<Mapping> {
+    let mappings = parse(smaps).into_iter().filter(Mapping::releasable);
+    mappings
+        .filter(|m| loaded.0.contains(&(m.start, m.end)))
+        .collect()
+}
+
 /// One mapping of `/proc/self/smaps`: what decides whether it may be released.
 #[derive(Debug, PartialEq, Eq)]
 struct Mapping {
@@ -63,26 +98,30 @@ struct Mapping {
     path: String,
     /// Resident bytes.
     rss: u64,
-    /// Bytes of private (anonymous, copied-on-write) pages.
+    /// Bytes of private (anonymous, copied-on-write) pages, resident.
     anonymous: u64,
+    /// Bytes of private pages swapped out (a copied-on-write page may be).
+    swap: u64,
 }
 
 impl Mapping {
-    /// Read-only, private, backed by a file (not `[vdso]` or `[stack]`), holding only the file's
-    /// pages, and resident at all.
-    fn releasable(&self) -> bool {
+    /// Read-only, private, backed by a file (not `[vdso]` or `[stack]`).
+    fn read_only_private_file(&self) -> bool {
         let perms = self.perms.as_bytes();
         perms.len() == 4
             && perms[1] == b'-'
             && perms[3] == b'p'
             && self.path.starts_with('/')
             && !self.path.ends_with(" (deleted)")
-            && self.anonymous == 0
-            && self.rss > 0
+    }
+
+    /// Read-only private file mapping holding only the file's pages, and resident at all.
+    fn releasable(&self) -> bool {
+        self.read_only_private_file() && self.anonymous == 0 && self.swap == 0 && self.rss > 0
     }
 }
 
-/// The mappings of an smaps text, in order. A mapping whose Rss or Anonymous line is missing
+/// The mappings of an smaps text, in order. A mapping whose Anonymous or Swap line is missing
 /// or unreadable counts as holding private pages (never released).
 fn parse(smaps: &str) -> Vec<Mapping> {
     let mut mappings: Vec<Mapping> = Vec::new();
@@ -96,6 +135,7 @@ fn parse(smaps: &str) -> Vec<Mapping> {
             match key {
                 "Rss" => mapping.rss = kib().map_or(0, |k| k * 1024),
                 "Anonymous" => mapping.anonymous = kib().map_or(u64::MAX, |k| k * 1024),
+                "Swap" => mapping.swap = kib().map_or(u64::MAX, |k| k * 1024),
                 _ => {}
             }
         }
@@ -120,8 +160,9 @@ fn header(line: &str) -> Option<Mapping> {
         perms,
         path,
         rss: 0,
-        // Unknown until its line is read: private until shown otherwise.
+        // Unknown until their lines are read: private until shown otherwise.
         anonymous: u64::MAX,
+        swap: u64::MAX,
     })
 }
 
@@ -134,43 +175,57 @@ mod tests {
 Size:                964 kB
 Rss:                 416 kB
 Anonymous:             0 kB
+Swap:                  0 kB
 55d0c8af1000-55d0c8d35000 r-xp 000f1000 fe:00 10420654                   /usr/sbin/postilion
 Rss:                1668 kB
 Anonymous:             0 kB
+Swap:                  0 kB
 55d0c8d35000-55d0c8d46000 r--p 00335000 fe:00 10420654                   /usr/sbin/postilion
 Rss:                  68 kB
 Anonymous:            60 kB
+Swap:                  0 kB
 55d0c8d46000-55d0c8d48000 rw-p 00346000 fe:00 10420654                   /usr/sbin/postilion
 Rss:                   8 kB
 Anonymous:             8 kB
+Swap:                  0 kB
 7f0000000000-7f0000021000 rw-p 00000000 00:00 0 
 Rss:                  44 kB
 Anonymous:            44 kB
+Swap:                  0 kB
 7f0435500000-7f0435656000 r-xp 00026000 fe:00 326279                     /usr/lib/libc.so.6
 Rss:                 960 kB
 Anonymous:             0 kB
+Swap:                  0 kB
+7f0435656000-7f0435660000 r--p 00170000 fe:00 326279                     /usr/lib/libc.so.6
+Rss:                   8 kB
+Anonymous:             0 kB
+Swap:                 32 kB
 7f0435700000-7f0435701000 r-xp 00000000 fe:00 326280                     /usr/lib/gone.so (deleted)
 Rss:                   4 kB
 Anonymous:             0 kB
+Swap:                  0 kB
 7f0435800000-7f0435801000 r--s 00000000 fe:00 326281                     /dev/shm/shared
 Rss:                   4 kB
 Anonymous:             0 kB
-7f0435900000-7f0435901000 r--p 00000000 fe:00 326282                     /usr/lib/no-anon-line
+Swap:                  0 kB
+7f0435900000-7f0435901000 r--p 00000000 fe:00 326282                     /usr/lib/no-swap-line
 Rss:                   4 kB
+Anonymous:             0 kB
 7ffd1c5f6000-7ffd1c5f8000 r-xp 00000000 00:00 0                          [vdso]
 Rss:                   4 kB
 Anonymous:             0 kB
+Swap:                  0 kB
 ";
+
+    fn released(smaps: &str, loaded: &Loaded) -> Vec<(String, String, u64)> {
+        let mappings = releasable(smaps, loaded).into_iter();
+        mappings.map(|m| (m.path, m.perms, m.rss / 1024)).collect()
+    }
 
     #[test]
     fn only_clean_read_only_private_file_mappings_are_releasable() {
-        let releasable: Vec<(String, String, u64)> = parse(SMAPS)
-            .into_iter()
-            .filter(Mapping::releasable)
-            .map(|m| (m.path, m.perms, m.rss / 1024))
-            .collect();
         assert_eq!(
-            releasable,
+            released(SMAPS, &Loaded::from_maps(SMAPS)),
             [
                 ("/usr/sbin/postilion".into(), "r--p".into(), 416),
                 ("/usr/sbin/postilion".into(), "r-xp".into(), 1668),
@@ -180,40 +235,29 @@ Anonymous:             0 kB
     }
 
     #[test]
-    fn every_mapping_is_parsed_with_its_bounds() {
-        let mappings = parse(SMAPS);
-        assert_eq!(mappings.len(), 10);
-        assert_eq!(mappings[1].start, 0x55d0c8af1000);
-        assert_eq!(mappings[1].end, 0x55d0c8d35000);
-        assert_eq!(mappings[4].path, "");
+    fn only_what_the_loader_mapped_is_releasable_and_only_as_it_mapped_it() {
+        // Mapped after the loader (as debug information read for a backtrace is): not the
+        // loader's. And the binary's code now spans more than the loader mapped: not whole.
+        let loaded: String = SMAPS
+            .lines()
+            .filter(|l| !l.contains("libc.so.6"))
+            .map(|l| l.replace("55d0c8af1000-55d0c8d35000", "55d0c8af1000-55d0c8d34000"))
+            .map(|l| format!("{l}\n"))
+            .collect();
         assert_eq!(
-            mappings[8].anonymous,
-            u64::MAX,
-            "no Anonymous line: private"
+            released(SMAPS, &Loaded::from_maps(&loaded)),
+            [("/usr/sbin/postilion".into(), "r--p".into(), 416)]
         );
     }
 
-    /// In this very process: code and read-only data are given back, the process goes on
-    /// running code from them and reading data (relocated data and the heap are untouched).
     #[test]
-    fn release_unmaps_resident_code_and_the_process_goes_on() {
-        let rss_file = || {
-            let status = fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-            let line = status.lines().find_map(|l| l.strip_prefix("RssFile:"));
-            let kib = line.and_then(|l| l.trim().strip_suffix(" kB")?.parse::<u64>().ok());
-            kib.expect("RssFile in /proc/self/status")
-        };
-        let text = String::from("still here");
-        let before = rss_file();
-        let released = release().expect("/proc/self/smaps");
-        let after = rss_file();
-        assert!(released.mappings > 0, "{released:?}");
-        assert!(released.bytes > 0, "{released:?}");
-        // The test binary's code is megabytes; what other tests fault in meanwhile is less.
-        assert!(after < before, "RssFile {before} KiB before, {after} KiB after");
-        let formatted = format!("{text}: {}", released.mappings);
-        assert!(formatted.starts_with("still here: "));
-        let again = release().expect("/proc/self/smaps");
-        assert!(again.mappings > 0);
+    fn every_mapping_is_parsed_with_its_bounds() {
+        let mappings = parse(SMAPS);
+        assert_eq!(mappings.len(), 11);
+        assert_eq!(mappings[1].start, 0x55d0c8af1000);
+        assert_eq!(mappings[1].end, 0x55d0c8d35000);
+        assert_eq!(mappings[4].path, "");
+        assert_eq!(mappings[6].swap, 32 * 1024, "relocated data swapped out");
+        assert_eq!(mappings[9].swap, u64::MAX, "no Swap line: private");
     }
 }

@@ -32,7 +32,7 @@ mod systemd;
 mod tls;
 mod users;
 
-use std::io::{BufRead, Read};
+use std::io::{self, BufRead, Read};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -250,6 +250,8 @@ fn passwd(args: &[String]) -> ExitCode {
 }
 
 fn serve(args: &[String]) -> ExitCode {
+    // Before any thread: every file mapping is the loader's (see code_pages).
+    let loaded = code_pages::Loaded::now();
     let (raw, config) = match load_config(args) {
         Ok((raw, config)) => (raw, Arc::new(config)),
         Err(e) => {
@@ -268,7 +270,7 @@ fn serve(args: &[String]) -> ExitCode {
     };
     match start(Arc::clone(&config)) {
         Ok((server, delivery, pickup)) => {
-            wait_for_stop(&mut signals, args, &raw.effective(&config), &server);
+            wait_for_stop(&mut signals, args, &raw.effective(&config), &server, loaded);
             // A second SIGTERM or SIGINT during the stop: stop now. Nothing acknowledged is
             // lost by it (invariant 1); what is in flight is simply done again.
             let last_words = delivery.last_words();
@@ -293,9 +295,15 @@ fn serve(args: &[String]) -> ExitCode {
 /// Gives back the pages start-up mapped, then serves until SIGTERM or SIGINT; at SIGHUP reads the certificate and the aliases again at
 /// once (both are also re-read whenever they change), and the configuration, saying what it
 /// cannot apply.
-fn wait_for_stop(signals: &mut Signals, args: &[String], running: &str, server: &server::Server) {
+fn wait_for_stop(
+    signals: &mut Signals,
+    args: &[String],
+    running: &str,
+    server: &server::Server,
+    loaded: io::Result<code_pages::Loaded>,
+) {
     // Start-up is over: the code and data it alone ran and read need not stay mapped.
-    match code_pages::release() {
+    match loaded.and_then(|loaded| code_pages::release(&loaded)) {
         Ok(released) => ::log::debug!(
             "start-up pages given back: {} KiB from {} mappings",
             released.bytes / 1024,

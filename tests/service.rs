@@ -1,6 +1,7 @@
 //! Postilion as a service: the systemd unit verifies and agrees with the example
 //! configuration; the daemon tells `NOTIFY_SOCKET` it is ready once listening with its spool
-//! recovered; `make install` and `make uninstall` put and remove the right files.
+//! recovered, then gives back the pages only start-up used; `make install` and `make
+//! uninstall` put and remove the right files.
 
 mod common;
 
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
+use common::delivery::{queue_test_message, wait_for_mail, DELIVER};
 use common::{base_args, Client, Server, TempDir, BIN, DEADLINE};
 
 const UNIT: &str = "contrib/postilion.service";
@@ -139,6 +141,66 @@ fn a_notify_socket_nobody_listens_on_costs_a_log_line() {
     let server = start_notified(&dir, &dir.0.join("nobody"));
     server.wait_for_log("cannot tell systemd READY=1 over NOTIFY_SOCKET");
     Client::connect(server.addr).expect("220 ");
+}
+
+/// A field of /proc/PID/status in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find_map(|l| l.strip_prefix(field)).unwrap();
+    line.trim_start_matches(':')
+        .trim()
+        .trim_end_matches(" kB")
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn once_started_it_gives_back_the_code_pages_and_goes_on_serving() {
+    let dir = Arc::new(TempDir::new("code-pages"));
+    // DELIVER's --delivery-threads replaces the base one (flags come in pairs).
+    let base = base_args(&dir.0);
+    let base = base
+        .chunks(2)
+        .filter(|pair| !DELIVER.contains(&pair[0].as_str()));
+    let args: Vec<String> = base
+        .flatten()
+        .cloned()
+        .chain(DELIVER.iter().map(|a| a.to_string()))
+        .collect();
+    let server = Server::spawn(
+        &dir.0,
+        &args,
+        &[("RUST_LOG", "info,postilion=debug")],
+        Some(Arc::clone(&dir)),
+    );
+    let line = server.wait_for_log("start-up pages given back: ");
+    let given_back: Vec<u64> = line
+        .split("given back: ")
+        .nth(1)
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [kib, mappings] = given_back[..] else {
+        panic!("{line}");
+    };
+    // The binary's code, its read-only data and libc's code at least; megabytes of them.
+    assert!(mappings >= 3, "{line}");
+    assert!(kib >= 1024, "{line}");
+    // Less is mapped now than was given back: it was not all mapped again at once.
+    let rss_file = status_kib(server.child.id(), "RssFile");
+    assert!(
+        rss_file < kib,
+        "RssFile {rss_file} KiB after giving back {kib} KiB"
+    );
+    // The code runs again from the file: a message is taken and delivered.
+    queue_test_message(
+        &server,
+        "ann@client.test",
+        &["alice@example.test"],
+        b"hi\r\n",
+    );
+    assert!(wait_for_mail(&server.mail.join("alice"), 1)[0].contains("\nhi\n"));
 }
 
 /// Runs `make TARGET DESTDIR=... PREFIX=...` in the checkout, with the binary under test
