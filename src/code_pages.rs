@@ -1,12 +1,18 @@
-//! Gives back the file pages that start-up mapped and the idle daemon does not use.
+//! Gives back the file pages that start-up, or mail since, mapped and the idle daemon does
+//! not use.
 //!
-//! Start-up runs code spread over the whole binary and libc (configuration, recovery, TLS
-//! set-up...), and on every page fault in a file mapping the kernel maps up to 16 pages around
-//! the one asked for (fault-around): by READY=1 most of the binary's code and much of libc's
-//! is mapped, and counted in the resident set, though the idle daemon runs little of it. Once
-//! started, the daemon unmaps those pages from itself (`madvise(MADV_DONTNEED)`); what runs
-//! afterwards maps again what it needs. The pages stay in the page cache, shared and clean, but
-//! no longer pinned by our mapping: the kernel reclaims unmapped cache first.
+//! Almost all of the daemon's resident memory is file pages: code and read-only data of the
+//! binary and libc. On every page fault in a file mapping the kernel maps up to 16 pages around
+//! the one asked for (fault-around), and start-up runs code spread over the whole binary and
+//! libc (configuration, recovery, TLS set-up...): by its end most of the binary's code and
+//! much of libc's is mapped, counted in the resident set, though the idle daemon runs little
+//! of it. A session or a delivery maps again the code it runs, and it stays mapped. So the
+//! daemon unmaps those pages from itself (`madvise(MADV_DONTNEED)`) once started, and again
+//! whenever it falls idle (a [`PERIOD`] with next to no page fault) after mapping pages
+//! again. What runs afterwards maps again what it needs, from the page cache.
+//! The pages stay in the page cache (shared, clean, and still charged to the service's memory
+//! cgroup until the kernel frees them), no longer mapped by the daemon: unmapped clean cache
+//! is what the kernel reclaims first.
 //!
 //! Only what the loader mapped before `main` is touched: the binary's and its libraries' code
 //! and read-only data, mapped for the life of the process (no library is ever unloaded), so
@@ -19,15 +25,18 @@
 
 use std::fs;
 use std::io;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
 
-/// What [`release`] gave back.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Released {
-    /// Resident bytes unmapped.
-    pub bytes: u64,
-    /// Mappings unmapped from.
-    pub mappings: usize,
-}
+/// How often the daemon looks whether it fell idle.
+pub const PERIOD: Duration = Duration::from_secs(10);
+/// The most page faults a [`PERIOD`] may see for the daemon to count as idle in it: an idle
+/// daemon's timers run code already mapped.
+const QUIET: u64 = 2;
+/// The page faults since the last release that make another worth it: a few MiB mapped again,
+/// a session's and a delivery's code (the pages the timers map again after a release are fewer).
+const WORTH: u64 = 48;
 
 /// The read-only private file mappings the loader made before `main`: where [`release`] may
 /// act.
@@ -36,7 +45,8 @@ pub struct Loaded(Vec<(usize, usize)>);
 
 impl Loaded {
     /// Reads this process's mappings. Call it while the process runs one thread (before any
-    /// is started, as at the top of `serve`): then every file mapping is the loader's.
+    /// is started, as at the top of `serve`): then every file mapping is the loader's (or an
+    /// `LD_PRELOAD` library's constructor's, which must not unmap what it mapped).
     pub fn now() -> io::Result<Loaded> {
         Ok(Loaded::from_maps(&fs::read_to_string("/proc/self/maps")?))
     }
@@ -50,12 +60,113 @@ impl Loaded {
     }
 }
 
-/// Unmaps the resident pages of every mapping in `loaded` that is still there, read-only and
-/// private, and holds no private page. A mapping that cannot be released is skipped.
-pub fn release(loaded: &Loaded) -> io::Result<Released> {
-    let smaps = fs::read_to_string("/proc/self/smaps")?;
-    let mut released = Released::default();
-    for mapping in releasable(&smaps, loaded) {
+/// Gives back now what start-up mapped; and starts a thread that, whenever the daemon falls
+/// idle (a [`PERIOD`] with at most [`QUIET`] page faults) after [`WORTH`] page faults or more
+/// since the last time, gives back what was mapped since. Call it last before waiting: what
+/// runs after it maps its code again. Without `/proc`, nothing is given back and a log line
+/// says so.
+pub fn give_back(loaded: io::Result<Loaded>) {
+    let loaded = match loaded {
+        Ok(loaded) => Arc::new(loaded),
+        Err(e) => {
+            log::info!("cannot read /proc/self/maps ({e}): start-up's pages stay mapped");
+            return;
+        }
+    };
+    let when_idle = Arc::clone(&loaded);
+    let spawned = thread::Builder::new()
+        .name("pages".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let mut watch = IdleWatch::new(minor_faults());
+            loop {
+                thread::sleep(PERIOD);
+                if let Some(faults) = watch.look(minor_faults()) {
+                    let why = format!(" ({faults} page faults since the last time)");
+                    release_and_log(&when_idle, "idle", &why);
+                    watch.released(minor_faults());
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::info!("cannot start the thread that gives back pages when idle: {e}");
+    }
+    release_and_log(&loaded, "start-up", "");
+}
+
+/// Whether the daemon fell idle after mapping pages again, from its page-fault count read once
+/// every [`PERIOD`].
+#[derive(Debug)]
+struct IdleWatch {
+    /// The count at the last look (None: unreadable then).
+    last: Option<u64>,
+    /// Faults since the last release.
+    since_release: u64,
+}
+
+impl IdleWatch {
+    fn new(faults: Option<u64>) -> IdleWatch {
+        IdleWatch {
+            last: faults,
+            since_release: 0,
+        }
+    }
+
+    /// A look, a [`PERIOD`] after the last one: the faults since the last release when it is
+    /// time to give back pages (this period was quiet, and enough came before).
+    fn look(&mut self, faults: Option<u64>) -> Option<u64> {
+        let new = match (self.last, faults) {
+            (Some(last), Some(now)) => now.saturating_sub(last),
+            _ => 0,
+        };
+        self.last = faults.or(self.last);
+        self.since_release += new;
+        (faults.is_some() && new <= QUIET && self.since_release >= WORTH)
+            .then_some(self.since_release)
+    }
+
+    /// Pages were given back; `faults` is the count now.
+    fn released(&mut self, faults: Option<u64>) {
+        self.since_release = 0;
+        self.last = faults.or(self.last);
+    }
+}
+
+/// The minor page faults of this process so far: each one mapped a page, or a window of file
+/// pages, that the process touched anew.
+fn minor_faults() -> Option<u64> {
+    minflt(&fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// `minflt`, field 10 of a `/proc/PID/stat` text.
+fn minflt(stat: &str) -> Option<u64> {
+    // After the command name (in parentheses, which may hold anything): state is field 3.
+    let fields = stat.rsplit_once(')')?.1;
+    fields.split_whitespace().nth(10 - 3)?.parse().ok()
+}
+
+/// Releases what `loaded` allows, saying first in a debug line what (`when`: "start-up" or
+/// "idle", and `why`): said after, the line's own code would be mapped again.
+fn release_and_log(loaded: &Loaded, when: &str, why: &str) {
+    let mappings = match fs::read_to_string("/proc/self/smaps") {
+        Ok(smaps) => releasable(&smaps, loaded),
+        Err(e) => {
+            log::info!("cannot read /proc/self/smaps ({e}): {when} pages stay mapped");
+            return;
+        }
+    };
+    log::debug!(
+        "{when} pages given back: {} KiB from {} mappings{why}",
+        mappings.iter().map(|m| m.rss).sum::<u64>() / 1024,
+        mappings.len()
+    );
+    release(&mappings);
+}
+
+/// Unmaps the resident pages of `mappings`, chosen by [`releasable`] a moment ago. A mapping
+/// madvise refuses (a locked one, say) stays as it is.
+fn release(mappings: &[Mapping]) {
+    for mapping in mappings {
         let len = mapping.end - mapping.start;
         // SAFETY: the range is a whole mapping the loader made before `main` (Loaded::now) and
         // is still one mapping of this process (read from /proc/self/smaps a moment ago); no
@@ -65,20 +176,20 @@ pub fn release(loaded: &Loaded) -> io::Result<Released> {
         // file's content, never written by this process, and MADV_DONTNEED on such a mapping
         // only drops page-table entries, the next access reading the same bytes from the file
         // (as after the kernel's reclaim of a clean page, which may happen at any time anyway).
-        // No Rust object's value changes, so no reference is invalidated.
-        let result = unsafe {
+        // No Rust object's value changes, so no reference is invalidated. Outside the process's
+        // own memory model: a debugger's breakpoint or a uprobe written into the range between
+        // the smaps read and this call would be dropped (one present before is seen and the
+        // mapping skipped); and a file that cannot be read again (truncated, or its disk gone)
+        // faults with SIGBUS at the next access, as it would after reclaim.
+        #[allow(unsafe_code)]
+        let _refused = unsafe {
             rustix::mm::madvise(
                 mapping.start as *mut std::ffi::c_void,
                 len,
                 rustix::mm::Advice::LinuxDontNeed,
             )
         };
-        if result.is_ok() {
-            released.bytes += mapping.rss;
-            released.mappings += 1;
-        }
     }
-    Ok(released)
 }
 
 /// The mappings of `smaps` that are in `loaded`, whole, and may be released.
@@ -122,21 +233,35 @@ impl Mapping {
 }
 
 /// The mappings of an smaps text, in order. A mapping whose Anonymous or Swap line is missing
-/// or unreadable counts as holding private pages (never released).
+/// or unreadable counts as holding private pages (never released); so does one followed by a
+/// line that is neither a mapping's first line nor a `Key: value` line (an unreadable first
+/// line, say), and the lines after that one are nobody's until the next first line.
 fn parse(smaps: &str) -> Vec<Mapping> {
     let mut mappings: Vec<Mapping> = Vec::new();
+    let mut attributing = false;
     for line in smaps.lines() {
         if let Some(mapping) = header(line) {
             mappings.push(mapping);
-        } else if let (Some(mapping), Some((key, value))) =
-            (mappings.last_mut(), line.split_once(':'))
-        {
-            let kib = || value.trim().strip_suffix(" kB")?.parse::<u64>().ok();
-            match key {
-                "Rss" => mapping.rss = kib().map_or(0, |k| k * 1024),
-                "Anonymous" => mapping.anonymous = kib().map_or(u64::MAX, |k| k * 1024),
-                "Swap" => mapping.swap = kib().map_or(u64::MAX, |k| k * 1024),
-                _ => {}
+            attributing = true;
+            continue;
+        }
+        let Some(mapping) = mappings.last_mut().filter(|_| attributing) else {
+            continue;
+        };
+        let field = line.split_once(':');
+        match field.filter(|(key, _)| !key.is_empty() && !key.contains(char::is_whitespace)) {
+            Some((key, value)) => {
+                let kib = || value.trim().strip_suffix(" kB")?.parse::<u64>().ok();
+                match key {
+                    "Rss" => mapping.rss = kib().map_or(0, |k| k * 1024),
+                    "Anonymous" => mapping.anonymous = kib().map_or(u64::MAX, |k| k * 1024),
+                    "Swap" => mapping.swap = kib().map_or(u64::MAX, |k| k * 1024),
+                    _ => {}
+                }
+            }
+            None => {
+                mapping.anonymous = u64::MAX;
+                attributing = false;
             }
         }
     }
@@ -177,9 +302,20 @@ Rss:                 416 kB
 Anonymous:             0 kB
 Swap:                  0 kB
 55d0c8af1000-55d0c8d35000 r-xp 000f1000 fe:00 10420654                   /usr/sbin/postilion
+Size:               2320 kB
+KernelPageSize:        4 kB
 Rss:                1668 kB
+Pss:                1668 kB
+Pss_Dirty:             0 kB
 Anonymous:             0 kB
+KSM:                   0 kB
+LazyFree:              0 kB
 Swap:                  0 kB
+SwapPss:               0 kB
+Locked:                0 kB
+THPeligible:           0
+ProtectionKey:         0
+VmFlags: rd ex mr mw me sd 
 55d0c8d35000-55d0c8d46000 r--p 00335000 fe:00 10420654                   /usr/sbin/postilion
 Rss:                  68 kB
 Anonymous:            60 kB
@@ -251,6 +387,46 @@ Swap:                  0 kB
     }
 
     #[test]
+    fn minflt_is_read_after_a_command_name_holding_parentheses() {
+        let stat = "4242 (post (x) ilion) S 1 4242 4242 0 -1 4194560 1234 0 5 0 7 3";
+        assert_eq!(minflt(stat), Some(1234));
+        assert_eq!(minflt("4242 (postilion) S 1"), None);
+        let own = fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+        assert!(minflt(&own).is_some_and(|n| n > 0), "{own}");
+    }
+
+    #[test]
+    fn pages_are_given_back_at_the_first_quiet_look_after_enough_faults() {
+        let mut watch = IdleWatch::new(Some(1000));
+        // Quiet from the start, nothing mapped since: nothing to give back.
+        assert_eq!(watch.look(Some(1000)), None);
+        assert_eq!(watch.look(Some(1001)), None);
+        // Mail: faults. Not while it goes on.
+        assert_eq!(watch.look(Some(1031)), None);
+        assert_eq!(watch.look(Some(1061)), None);
+        // Quiet again: given back, once.
+        assert_eq!(watch.look(Some(1062)), Some(62));
+        watch.released(Some(1070));
+        assert_eq!(watch.look(Some(1070)), None);
+        // A timer's few faults after a release add up slowly: another release only once they
+        // pass WORTH.
+        for n in 0..WORTH - 1 {
+            assert_eq!(watch.look(Some(1071 + n)), None, "look {n}");
+        }
+        assert_eq!(watch.look(Some(1071 + WORTH)), Some(WORTH + 1));
+    }
+
+    #[test]
+    fn an_unreadable_count_is_no_reason_to_give_back_and_loses_nothing() {
+        let mut watch = IdleWatch::new(None);
+        assert_eq!(watch.look(None), None);
+        assert_eq!(watch.look(Some(500)), None, "a first count is a baseline");
+        assert_eq!(watch.look(Some(560)), None);
+        assert_eq!(watch.look(None), None);
+        assert_eq!(watch.look(Some(561)), Some(61));
+    }
+
+    #[test]
     fn every_mapping_is_parsed_with_its_bounds() {
         let mappings = parse(SMAPS);
         assert_eq!(mappings.len(), 11);
@@ -259,5 +435,66 @@ Swap:                  0 kB
         assert_eq!(mappings[4].path, "");
         assert_eq!(mappings[6].swap, 32 * 1024, "relocated data swapped out");
         assert_eq!(mappings[9].swap, u64::MAX, "no Swap line: private");
+    }
+
+    #[test]
+    fn a_path_with_spaces_and_named_anonymous_memory_are_read_as_such() {
+        let smaps = "\
+7f0435900000-7f0435901000 r--p 00000000 fe:00 326282                     /opt/my lib/x.so
+Rss:                   4 kB
+Anonymous:             0 kB
+Swap:                  0 kB
+7f0435a00000-7f0435a01000 r--p 00000000 00:00 0                          [anon:glibc]
+Rss:                   4 kB
+Anonymous:             4 kB
+Swap:                  0 kB
+";
+        let mappings = parse(smaps);
+        assert_eq!(mappings[0].path, "/opt/my lib/x.so");
+        assert!(mappings[0].releasable());
+        assert_eq!(mappings[1].path, "[anon:glibc]");
+        assert!(!mappings[1].releasable());
+    }
+
+    #[test]
+    fn what_follows_an_unreadable_first_line_is_nobodys_and_the_mapping_before_is_kept() {
+        let smaps = "\
+7f0435900000-7f0435901000 r--p 00000000 fe:00 326282                     /usr/lib/a.so
+Rss:                   4 kB
+Anonymous:             0 kB
+Swap:                  0 kB
+7f0435a00000-7f0435a0100g r--p 00000000 fe:00 326283                     /usr/lib/b.so
+Rss:                   4 kB
+Anonymous:             0 kB
+Swap:                  0 kB
+7f0435b00000-7f0435b01000 r--p 00000000 fe:00 326284                     /usr/lib/c.so
+Rss:                   4 kB
+Anonymous:             0 kB
+Swap:                  0 kB
+";
+        let mappings = parse(smaps);
+        assert_eq!(mappings.len(), 2);
+        assert_eq!(mappings[0].path, "/usr/lib/a.so");
+        assert!(!mappings[0].releasable(), "{:?}", mappings[0]);
+        assert_eq!(mappings[1].path, "/usr/lib/c.so");
+        assert!(mappings[1].releasable());
+    }
+
+    /// This very process's smaps: its code is releasable, and its relocated data, holding
+    /// private pages, is not.
+    #[test]
+    fn in_this_process_code_is_releasable_and_relocated_data_is_not() {
+        let smaps = fs::read_to_string("/proc/self/smaps").expect("/proc/self/smaps");
+        let mappings = parse(&smaps);
+        let exe = fs::read_link("/proc/self/exe").expect("/proc/self/exe");
+        let exe = exe.to_string_lossy();
+        let ours: Vec<&Mapping> = mappings.iter().filter(|m| m.path == *exe).collect();
+        assert!(
+            ours.iter().any(|m| m.perms == "r-xp" && m.releasable()),
+            "{ours:?}"
+        );
+        let relocated = ours.iter().filter(|m| m.perms == "r--p" && m.anonymous > 0);
+        assert!(relocated.clone().count() > 0, "{ours:?}");
+        assert!(relocated.clone().all(|m| !m.releasable()), "{ours:?}");
     }
 }

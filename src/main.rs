@@ -1,12 +1,11 @@
 //! Postilion, a minimal durable MTA: command line, configuration and wiring. No logic here.
 
-// No unsafe code but one call, allowed where it is (code_pages.rs) with why it is sound.
+// No unsafe code but one call, allowed where it is (code_pages::release) with why it is sound.
 #![deny(unsafe_code)]
 #![deny(unused_must_use)]
 
 mod aliases;
 mod auth;
-#[allow(unsafe_code)]
 mod code_pages;
 mod config;
 mod datetime;
@@ -32,7 +31,7 @@ mod systemd;
 mod tls;
 mod users;
 
-use std::io::{self, BufRead, Read};
+use std::io::{BufRead, Read};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -270,7 +269,13 @@ fn serve(args: &[String]) -> ExitCode {
     };
     match start(Arc::clone(&config)) {
         Ok((server, delivery, pickup)) => {
-            wait_for_stop(&mut signals, args, &raw.effective(&config), &server, loaded);
+            let running = raw.effective(&config);
+            // Listeners bound, spool recovered, delivery running: systemd may start what needs
+            // mail.
+            systemd::ready();
+            // Start-up is over: the code and data it alone ran and read need not stay mapped.
+            code_pages::give_back(loaded);
+            wait_for_stop(&mut signals, args, &running, &server);
             // A second SIGTERM or SIGINT during the stop: stop now. Nothing acknowledged is
             // lost by it (invariant 1); what is in flight is simply done again.
             let last_words = delivery.last_words();
@@ -292,25 +297,10 @@ fn serve(args: &[String]) -> ExitCode {
     }
 }
 
-/// Gives back the pages start-up mapped, then serves until SIGTERM or SIGINT; at SIGHUP reads the certificate and the aliases again at
+/// Serves until SIGTERM or SIGINT; at SIGHUP reads the certificate and the aliases again at
 /// once (both are also re-read whenever they change), and the configuration, saying what it
 /// cannot apply.
-fn wait_for_stop(
-    signals: &mut Signals,
-    args: &[String],
-    running: &str,
-    server: &server::Server,
-    loaded: io::Result<code_pages::Loaded>,
-) {
-    // Start-up is over: the code and data it alone ran and read need not stay mapped.
-    match loaded.and_then(|loaded| code_pages::release(&loaded)) {
-        Ok(released) => ::log::debug!(
-            "start-up pages given back: {} KiB from {} mappings",
-            released.bytes / 1024,
-            released.mappings
-        ),
-        Err(e) => ::log::debug!("cannot read /proc/self/smaps to give back start-up pages: {e}"),
-    }
+fn wait_for_stop(signals: &mut Signals, args: &[String], running: &str, server: &server::Server) {
     for signal in signals.forever() {
         if signal != SIGHUP {
             return;
@@ -470,7 +460,5 @@ fn start(config: Arc<Config>) -> Result<Running, String> {
     server
         .run(listeners)
         .map_err(|e| format!("cannot start a listener thread: {e}"))?;
-    // Listeners bound, spool recovered, delivery running: systemd may start what needs mail.
-    systemd::ready();
     Ok((server, delivery, pickup))
 }
