@@ -25,7 +25,7 @@
 
 use std::fs;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
@@ -34,9 +34,10 @@ pub const PERIOD: Duration = Duration::from_secs(10);
 /// The most page faults a [`PERIOD`] may see for the daemon to count as idle in it: an idle
 /// daemon's timers run code already mapped.
 const QUIET: u64 = 2;
-/// The page faults since the last release that make another worth it: a few MiB mapped again,
-/// a session's and a delivery's code (the pages the timers map again after a release are fewer).
-const WORTH: u64 = 48;
+/// How much more must be mapped than just after the last release for another: more than the
+/// daemon's own timers map again after a release (its periodic queue scan, this thread's
+/// look), less than a session or a delivery maps.
+const REGROWN: u64 = 512 * 1024;
 
 /// The read-only private file mappings the loader made before `main`: where [`release`] may
 /// act.
@@ -61,8 +62,8 @@ impl Loaded {
 }
 
 /// Gives back now what start-up mapped; and starts a thread that, whenever the daemon falls
-/// idle (a [`PERIOD`] with at most [`QUIET`] page faults) after [`WORTH`] page faults or more
-/// since the last time, gives back what was mapped since. Call it last before waiting: what
+/// idle (a [`PERIOD`] with at most [`QUIET`] page faults) with [`REGROWN`] more mapped than
+/// after the last release, gives back what was mapped since. Call it last before waiting: what
 /// runs after it maps its code again. Without `/proc`, nothing is given back and a log line
 /// says so.
 pub fn give_back(loaded: io::Result<Loaded>) {
@@ -74,62 +75,77 @@ pub fn give_back(loaded: io::Result<Loaded>) {
         }
     };
     let when_idle = Arc::clone(&loaded);
+    // The thread's figures start after start-up's release, not before it.
+    let started = Arc::new(Barrier::new(2));
+    let released = Arc::clone(&started);
     let spawned = thread::Builder::new()
         .name("pages".into())
         .stack_size(64 * 1024)
         .spawn(move || {
+            released.wait();
             let mut watch = IdleWatch::new(minor_faults());
+            let mut after_release = mapped();
             loop {
                 thread::sleep(PERIOD);
-                if let Some(faults) = watch.look(minor_faults()) {
-                    let why = format!(" ({faults} page faults since the last time)");
+                let quiet = watch.quiet(minor_faults());
+                let (Some(now), Some(before)) = (mapped(), after_release) else {
+                    after_release = after_release.or_else(mapped);
+                    continue;
+                };
+                if quiet && now >= before + REGROWN {
+                    let why = format!(
+                        " ({} KiB mapped again since the last time)",
+                        (now - before) / 1024
+                    );
                     release_and_log(&when_idle, "idle", &why);
-                    watch.released(minor_faults());
+                    watch.quiet(minor_faults());
+                    after_release = mapped();
                 }
             }
         });
-    if let Err(e) = spawned {
-        log::info!("cannot start the thread that gives back pages when idle: {e}");
-    }
     release_and_log(&loaded, "start-up", "");
+    match spawned {
+        Ok(_) => {
+            started.wait();
+        }
+        Err(e) => log::info!("cannot start the thread that gives back pages when idle: {e}"),
+    }
 }
 
-/// Whether the daemon fell idle after mapping pages again, from its page-fault count read once
-/// every [`PERIOD`].
+/// Whether the daemon was idle in the last [`PERIOD`], from its page-fault count read once
+/// every period.
 #[derive(Debug)]
 struct IdleWatch {
     /// The count at the last look (None: unreadable then).
     last: Option<u64>,
-    /// Faults since the last release.
-    since_release: u64,
 }
 
 impl IdleWatch {
     fn new(faults: Option<u64>) -> IdleWatch {
-        IdleWatch {
-            last: faults,
-            since_release: 0,
-        }
+        IdleWatch { last: faults }
     }
 
-    /// A look, a [`PERIOD`] after the last one: the faults since the last release when it is
-    /// time to give back pages (this period was quiet, and enough came before).
-    fn look(&mut self, faults: Option<u64>) -> Option<u64> {
-        let new = match (self.last, faults) {
-            (Some(last), Some(now)) => now.saturating_sub(last),
-            _ => 0,
+    /// A look, a [`PERIOD`] after the last one, with the count now: whether at most [`QUIET`]
+    /// faults came since (not known, not quiet).
+    fn quiet(&mut self, faults: Option<u64>) -> bool {
+        let quiet = match (self.last, faults) {
+            (Some(last), Some(now)) => now.saturating_sub(last) <= QUIET,
+            _ => false,
         };
         self.last = faults.or(self.last);
-        self.since_release += new;
-        (faults.is_some() && new <= QUIET && self.since_release >= WORTH)
-            .then_some(self.since_release)
+        quiet
     }
+}
 
-    /// Pages were given back; `faults` is the count now.
-    fn released(&mut self, faults: Option<u64>) {
-        self.since_release = 0;
-        self.last = faults.or(self.last);
-    }
+/// The file pages mapped now (`RssFile` of `/proc/self/status`), in bytes.
+fn mapped() -> Option<u64> {
+    rss_file(&fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// `RssFile` of a `/proc/PID/status` text, in bytes.
+fn rss_file(status: &str) -> Option<u64> {
+    let kib = status.lines().find_map(|l| l.strip_prefix("RssFile:"))?;
+    Some(kib.trim().strip_suffix(" kB")?.parse::<u64>().ok()? * 1024)
 }
 
 /// The minor page faults of this process so far: each one mapped a page, or a window of file
@@ -216,14 +232,12 @@ struct Mapping {
 }
 
 impl Mapping {
-    /// Read-only, private, backed by a file (not `[vdso]` or `[stack]`).
+    /// Read-only, private, backed by a file (not `[vdso]` or `[stack]`); a file replaced since
+    /// (" (deleted)" after its path: an upgrade) included, its data kept as long as it is
+    /// mapped.
     fn read_only_private_file(&self) -> bool {
         let perms = self.perms.as_bytes();
-        perms.len() == 4
-            && perms[1] == b'-'
-            && perms[3] == b'p'
-            && self.path.starts_with('/')
-            && !self.path.ends_with(" (deleted)")
+        perms.len() == 4 && perms[1] == b'-' && perms[3] == b'p' && self.path.starts_with('/')
     }
 
     /// Read-only private file mapping holding only the file's pages, and resident at all.
@@ -366,6 +380,7 @@ Swap:                  0 kB
                 ("/usr/sbin/postilion".into(), "r--p".into(), 416),
                 ("/usr/sbin/postilion".into(), "r-xp".into(), 1668),
                 ("/usr/lib/libc.so.6".into(), "r-xp".into(), 960),
+                ("/usr/lib/gone.so (deleted)".into(), "r-xp".into(), 4),
             ]
         );
     }
@@ -382,7 +397,10 @@ Swap:                  0 kB
             .collect();
         assert_eq!(
             released(SMAPS, &Loaded::from_maps(&loaded)),
-            [("/usr/sbin/postilion".into(), "r--p".into(), 416)]
+            [
+                ("/usr/sbin/postilion".into(), "r--p".into(), 416),
+                ("/usr/lib/gone.so (deleted)".into(), "r-xp".into(), 4),
+            ]
         );
     }
 
@@ -396,34 +414,28 @@ Swap:                  0 kB
     }
 
     #[test]
-    fn pages_are_given_back_at_the_first_quiet_look_after_enough_faults() {
+    fn a_period_is_quiet_with_at_most_two_faults_and_unknown_is_not_quiet() {
         let mut watch = IdleWatch::new(Some(1000));
-        // Quiet from the start, nothing mapped since: nothing to give back.
-        assert_eq!(watch.look(Some(1000)), None);
-        assert_eq!(watch.look(Some(1001)), None);
-        // Mail: faults. Not while it goes on.
-        assert_eq!(watch.look(Some(1031)), None);
-        assert_eq!(watch.look(Some(1061)), None);
-        // Quiet again: given back, once.
-        assert_eq!(watch.look(Some(1062)), Some(62));
-        watch.released(Some(1070));
-        assert_eq!(watch.look(Some(1070)), None);
-        // A timer's few faults after a release add up slowly: another release only once they
-        // pass WORTH.
-        for n in 0..WORTH - 1 {
-            assert_eq!(watch.look(Some(1071 + n)), None, "look {n}");
-        }
-        assert_eq!(watch.look(Some(1071 + WORTH)), Some(WORTH + 1));
+        assert!(watch.quiet(Some(1000)));
+        assert!(watch.quiet(Some(1002)));
+        assert!(!watch.quiet(Some(1005)), "3 faults");
+        assert!(!watch.quiet(None), "unreadable");
+        assert!(watch.quiet(Some(1006)), "against the last count read");
+        let mut watch = IdleWatch::new(None);
+        assert!(
+            !watch.quiet(Some(1000)),
+            "no count before: a first count is a baseline"
+        );
+        assert!(watch.quiet(Some(1000)));
     }
 
     #[test]
-    fn an_unreadable_count_is_no_reason_to_give_back_and_loses_nothing() {
-        let mut watch = IdleWatch::new(None);
-        assert_eq!(watch.look(None), None);
-        assert_eq!(watch.look(Some(500)), None, "a first count is a baseline");
-        assert_eq!(watch.look(Some(560)), None);
-        assert_eq!(watch.look(None), None);
-        assert_eq!(watch.look(Some(561)), Some(61));
+    fn rss_file_is_read_in_bytes() {
+        let status =
+            "Name:\tpostilion\nVmRSS:\t    1200 kB\nRssAnon:\t     300 kB\nRssFile:\t     900 kB\n";
+        assert_eq!(rss_file(status), Some(900 * 1024));
+        assert_eq!(rss_file("VmRSS:\t1 kB\n"), None);
+        assert!(mapped().is_some_and(|b| b > 0));
     }
 
     #[test]
