@@ -218,14 +218,21 @@ fn memory(work: &Path) {
         Err(_) => None,
     };
     let static_dir = work.join("postilion-idle-static");
-    let static_run = static_label
-        .map(|label| thread::spawn(move || idle_rss(Path::new(STATIC_BIN), &static_dir, label)));
-    let (idle_server, line) = idle_rss(Path::new(BIN), &work.join("postilion-idle"), "dynamic");
-    println!("{line}");
-    match static_run.map(|run| run.join().expect("static run")) {
-        Some((_, line)) => println!("{line}"),
-        None => println!("  static: not built (`make static` builds {STATIC_BIN})"),
-    }
+    // Side by side, both joined (and their daemons stopped) whatever happens to the other.
+    let idle_server = thread::scope(|scope| {
+        let static_run = static_label.map(|label| {
+            let dir = &static_dir;
+            scope.spawn(move || idle_rss(Path::new(STATIC_BIN), dir, label))
+        });
+        let (idle_server, line) = idle_rss(Path::new(BIN), &work.join("postilion-idle"), "dynamic");
+        println!("{line}");
+        match static_run.map(|run| run.join()) {
+            Some(Ok((_, line))) => println!("{line}"),
+            Some(Err(_)) => println!("  static: the run failed (above)"),
+            None => println!("  static: not built (`make static` builds {STATIC_BIN})"),
+        }
+        idle_server
+    });
     let idle: Vec<TcpStream> = (0..100)
         .map(|_| idle_connection(idle_server.addr))
         .collect();
@@ -284,13 +291,16 @@ fn idle_rss(binary: &Path, dir: &Path, label: &str) -> (Postilion, String) {
     wait_for_log(&log, &["disconnect from"], 1, Duration::from_secs(30));
     wait_until_asleep(pid);
     let after_session = mib(rss(pid, "VmRSS"));
-    let released = log_lines_with(&log, &["idle pages given back"]);
+    // Mail once the daemon has settled after its start-up release (its own timers have run):
+    // mail before would count as what it settled at.
+    wait_for_log(&log, &["pages: settled at"], 1, STEADY + IDLE_WAIT);
     let mut session = Session::open(server.addr);
     session.send_to(&["postmaster", "someone@remote.test"], &message());
     session.quit();
     let timeout = Duration::from_secs(30);
     wait_for_log(&log, &["relay=local", "status=sent"], 1, timeout);
     wait_for_log(&log, &["someone@remote.test", "status=sent"], 1, timeout);
+    let released = log_lines_with(&log, &["idle pages given back"]);
     wait_until_asleep(pid);
     let after_mail = mib(rss(pid, "VmRSS"));
     wait_for_log(&log, &["idle pages given back"], released + 1, IDLE_WAIT);

@@ -25,18 +25,17 @@
 
 use std::fs;
 use std::io;
-use std::sync::{Arc, Barrier};
+use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often the daemon looks whether it fell idle.
 pub const PERIOD: Duration = Duration::from_secs(10);
 /// The most page faults a [`PERIOD`] may see for the daemon to count as idle in it: an idle
 /// daemon's timers run code already mapped.
 const QUIET: u64 = 2;
-/// How much more must be mapped than just after the last release for another: more than the
-/// daemon's own timers map again after a release (its periodic queue scan, this thread's
-/// look), less than a session or a delivery maps.
+/// How much more must be mapped than the daemon settled at after the last release for another:
+/// less than a session or a delivery maps.
 const REGROWN: u64 = 512 * 1024;
 
 /// The read-only private file mappings the loader made before `main`: where [`release`] may
@@ -62,11 +61,12 @@ impl Loaded {
 }
 
 /// Gives back now what start-up mapped; and starts a thread that, whenever the daemon falls
-/// idle (a [`PERIOD`] with at most [`QUIET`] page faults) with [`REGROWN`] more mapped than
-/// after the last release, gives back what was mapped since. Call it last before waiting: what
-/// runs after it maps its code again. Without `/proc`, nothing is given back and a log line
-/// says so.
-pub fn give_back(loaded: io::Result<Loaded>) {
+/// idle (a [`PERIOD`] with at most [`QUIET`] page faults) with [`REGROWN`] more mapped than it
+/// settled at after the last release (the most in the `settle` time after it: its own timers,
+/// the queue scan among them, map some code back), gives back what was mapped since. Call it
+/// last before waiting: what runs after it maps its code again. Without `/proc`, nothing is
+/// given back and a log line says so.
+pub fn give_back(loaded: io::Result<Loaded>, settle: Duration) {
     let loaded = match loaded {
         Ok(loaded) => Arc::new(loaded),
         Err(e) => {
@@ -75,40 +75,81 @@ pub fn give_back(loaded: io::Result<Loaded>) {
         }
     };
     let when_idle = Arc::clone(&loaded);
-    // The thread's figures start after start-up's release, not before it.
-    let started = Arc::new(Barrier::new(2));
-    let released = Arc::clone(&started);
+    // The thread's figures start after start-up's release, not before it; main never waits.
+    let (released, start) = mpsc::channel::<()>();
     let spawned = thread::Builder::new()
         .name("pages".into())
         .stack_size(64 * 1024)
         .spawn(move || {
-            released.wait();
+            if start.recv().is_err() {
+                return;
+            }
             let mut watch = IdleWatch::new(minor_faults());
-            let mut after_release = mapped();
+            let mut baseline = Baseline::after_release(mapped(), settle, Instant::now());
             loop {
                 thread::sleep(PERIOD);
                 let quiet = watch.quiet(minor_faults());
-                let (Some(now), Some(before)) = (mapped(), after_release) else {
-                    after_release = after_release.or_else(mapped);
+                let Some(now) = mapped() else {
                     continue;
                 };
-                if quiet && now >= before + REGROWN {
-                    let why = format!(
-                        " ({} KiB mapped again since the last time)",
-                        (now - before) / 1024
-                    );
+                let (before, after) = (Instant::now() - PERIOD, Instant::now());
+                let worth = baseline.look(now, quiet, after);
+                if baseline.settling(before) && !baseline.settling(after) {
+                    let bytes = baseline.bytes.unwrap_or(now);
+                    log::debug!("pages: settled at {} KiB mapped", bytes / 1024);
+                }
+                if let Some(grown) = worth {
+                    let why = format!(" ({} KiB mapped again since it settled)", grown / 1024);
                     release_and_log(&when_idle, "idle", &why);
                     watch.quiet(minor_faults());
-                    after_release = mapped();
+                    baseline = Baseline::after_release(mapped(), settle, Instant::now());
                 }
             }
         });
     release_and_log(&loaded, "start-up", "");
     match spawned {
         Ok(_) => {
-            started.wait();
+            let _ = released.send(());
         }
         Err(e) => log::info!("cannot start the thread that gives back pages when idle: {e}"),
+    }
+}
+
+/// What the daemon maps when idle since the last release: the most seen until `settled_at`,
+/// then the least seen since (the kernel's reclaim may unmap pages too).
+#[derive(Debug)]
+struct Baseline {
+    bytes: Option<u64>,
+    settled_at: Instant,
+}
+
+impl Baseline {
+    /// Just after a release, with `mapped` bytes mapped, settling for `settle`.
+    fn after_release(mapped: Option<u64>, settle: Duration, now: Instant) -> Baseline {
+        Baseline {
+            bytes: mapped,
+            settled_at: now + settle,
+        }
+    }
+
+    /// Whether the baseline is still settling at `now`.
+    fn settling(&self, now: Instant) -> bool {
+        now < self.settled_at
+    }
+
+    /// A look at `mapped` bytes mapped now, after a `quiet` period or not: how much more than
+    /// the baseline is mapped when that is worth a release ([`REGROWN`] or more, quiet, and
+    /// settled).
+    fn look(&mut self, mapped: u64, quiet: bool, now: Instant) -> Option<u64> {
+        let base = self.bytes.unwrap_or(mapped);
+        if now < self.settled_at {
+            self.bytes = Some(base.max(mapped));
+            return None;
+        }
+        let base = base.min(mapped);
+        self.bytes = Some(base);
+        let grown = mapped - base;
+        (quiet && grown >= REGROWN).then_some(grown)
     }
 }
 
@@ -427,6 +468,34 @@ Swap:                  0 kB
             "no count before: a first count is a baseline"
         );
         assert!(watch.quiet(Some(1000)));
+    }
+
+    #[test]
+    fn the_baseline_settles_at_the_most_then_follows_the_least_and_growth_when_quiet_releases() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut base = Baseline::after_release(Some(1000 * 1024), Duration::from_secs(70), t0);
+        // Settling: the timers' own code (the queue scan) maps 700 KiB back; never a release.
+        assert_eq!(base.look(1200 * 1024, true, at(10)), None);
+        assert_eq!(base.look(1700 * 1024, false, at(60)), None);
+        assert_eq!(
+            base.look(1700 * 1024, true, at(70)),
+            None,
+            "settled at 1700 KiB"
+        );
+        // The next scans map nothing new.
+        assert_eq!(base.look(1700 * 1024, false, at(130)), None);
+        // Mail: 2 MiB more; not while busy, then once quiet.
+        assert_eq!(base.look(3748 * 1024, false, at(140)), None);
+        assert_eq!(base.look(3748 * 1024, true, at(150)), Some(2048 * 1024));
+        // Reclaim unmapped some: the baseline follows it down.
+        let mut base = Baseline::after_release(Some(1700 * 1024), Duration::ZERO, t0);
+        assert_eq!(base.look(1000 * 1024, true, at(10)), None);
+        assert_eq!(base.look(1600 * 1024, true, at(20)), Some(600 * 1024));
+        // Unknown at the release: the first look is the baseline.
+        let mut base = Baseline::after_release(None, Duration::ZERO, t0);
+        assert_eq!(base.look(5000 * 1024, true, at(10)), None);
+        assert_eq!(base.look(5100 * 1024, true, at(20)), None);
     }
 
     #[test]

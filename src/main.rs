@@ -274,7 +274,8 @@ fn serve(args: &[String]) -> ExitCode {
             // mail.
             systemd::ready();
             // Start-up is over: the code and data it alone ran and read need not stay mapped.
-            code_pages::give_back(loaded);
+            // Settled once the daemon's own timers have run: a queue scan and a look.
+            code_pages::give_back(loaded, config.queue_scan_interval + code_pages::PERIOD);
             wait_for_stop(&mut signals, args, &running, &server);
             // A second SIGTERM or SIGINT during the stop: stop now. Nothing acknowledged is
             // lost by it (invariant 1); what is in flight is simply done again.

@@ -195,7 +195,17 @@ fn once_started_and_when_idle_again_it_gives_back_the_code_pages_and_goes_on_ser
     wait_until(&format!("RssFile under the {kib} KiB given back"), || {
         status_kib(pid, "RssFile") < kib
     });
-    // The code runs again from the file: a message is taken and delivered.
+    // Once settled (the daemon's own timers have run after the release: 11 s with a queue scan
+    // every second), the code runs again from the file: a message is taken and delivered.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while !server
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("pages: settled at "))
+    {
+        assert!(Instant::now() < deadline, "never settled");
+        thread::sleep(Duration::from_millis(50));
+    }
     queue_test_message(
         &server,
         "ann@client.test",
