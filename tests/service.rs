@@ -11,11 +11,10 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::delivery::{queue_test_message, wait_for_mail, DELIVER};
-use common::{base_args, wait_until, Client, Server, TempDir, BIN, DEADLINE};
+use common::{base_args, wait_until, wait_until_within, Client, Server, TempDir, BIN, DEADLINE};
 
 const UNIT: &str = "contrib/postilion.service";
 const EXAMPLE: &str = "contrib/postilion.conf.example";
@@ -156,6 +155,10 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap()
 }
 
+/// How long the daemon may take to settle after a release, or to release once idle: its
+/// 10 s looks, the queue scan interval (1 s here), and a margin.
+const IDLE_WAIT: Duration = Duration::from_secs(45);
+
 #[test]
 fn once_started_and_when_idle_again_it_gives_back_the_code_pages_and_goes_on_serving() {
     let dir = Arc::new(TempDir::new("code-pages"));
@@ -197,15 +200,11 @@ fn once_started_and_when_idle_again_it_gives_back_the_code_pages_and_goes_on_ser
     });
     // Once settled (the daemon's own timers have run after the release: 11 s with a queue scan
     // every second), the code runs again from the file: a message is taken and delivered.
-    let deadline = Instant::now() + Duration::from_secs(45);
-    while !server
-        .log_lines()
-        .iter()
-        .any(|l| l.contains("pages: settled at "))
-    {
-        assert!(Instant::now() < deadline, "never settled");
-        thread::sleep(Duration::from_millis(50));
-    }
+    let settled = || {
+        let lines = server.log_lines();
+        lines.iter().any(|l| l.contains("pages: settled at "))
+    };
+    wait_until_within("the pages' baseline to settle", IDLE_WAIT, settled);
     queue_test_message(
         &server,
         "ann@client.test",
@@ -215,18 +214,11 @@ fn once_started_and_when_idle_again_it_gives_back_the_code_pages_and_goes_on_ser
     assert!(wait_for_mail(&server.mail.join("alice"), 1)[0].contains("\nhi\n"));
     // Idle again after the session and the delivery mapped code again: given back again, at
     // the first look (every 10 s) that finds a whole quiet period behind it.
-    let deadline = Instant::now() + Duration::from_secs(45);
-    while !server
-        .log_lines()
-        .iter()
-        .any(|l| l.contains("idle pages given back: "))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "nothing given back once idle again"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    let released = || {
+        let lines = server.log_lines();
+        lines.iter().any(|l| l.contains("idle pages given back: "))
+    };
+    wait_until_within("pages given back once idle again", IDLE_WAIT, released);
 }
 
 /// Runs `make TARGET DESTDIR=... PREFIX=...` in the checkout, with the binary under test

@@ -57,10 +57,15 @@ impl Drop for TempDir {
 }
 
 /// Polls `condition` until it holds or the deadline passes.
-pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    wait_until_within(what, DEADLINE, condition);
+}
+
+/// Polls `condition` until it holds or `deadline` has passed.
+pub fn wait_until_within(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
     let start = Instant::now();
     while !condition() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
         thread::yield_now();
         thread::park_timeout(Duration::from_millis(5));
     }
