@@ -92,7 +92,8 @@ pub fn give_back(loaded: io::Result<Loaded>, settle: Duration) {
                 let Some(now) = mapped() else {
                     continue;
                 };
-                let (before, after) = (Instant::now() - PERIOD, Instant::now());
+                let after = Instant::now();
+                let before = after.checked_sub(PERIOD).unwrap_or(after);
                 let worth = baseline.look(now, quiet, after);
                 if baseline.settling(before) && !baseline.settling(after) {
                     let bytes = baseline.bytes.unwrap_or(now);
